@@ -1,0 +1,112 @@
+"""Domain errors and their one mapping to HTTP (RFC 9457 ``application/problem+json``).
+
+Each handler names a specific exception type; there is deliberately no catch-all that would hide
+the cause of an unexpected failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.images import EmptyImage, ImageError, ImageTooLarge, InvalidImage, UnsupportedImage
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemError(Exception):
+    """An error with an HTTP status and a human-readable detail."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class UnknownModel(ProblemError):
+    status = 404
+    title = "Unknown model"
+
+
+class InvalidParameter(ProblemError):
+    status = 422
+    title = "Invalid parameter"
+
+
+class JobNotFound(ProblemError):
+    status = 404
+    title = "Job not found"
+
+
+class JobNotReady(ProblemError):
+    status = 409
+    title = "Job has no result yet"
+
+
+class QueueFull(ProblemError):
+    status = 503
+    title = "Queue full"
+
+
+class ServiceUnavailable(ProblemError):
+    status = 503
+    title = "Service unavailable"
+
+
+class IdempotencyConflict(ProblemError):
+    status = 409
+    title = "Idempotency-Key reused with a different request"
+
+
+_IMAGE_STATUS: dict[type[ImageError], tuple[int, str]] = {
+    EmptyImage: (422, "Empty upload"),
+    ImageTooLarge: (413, "Image too large"),
+    UnsupportedImage: (415, "Unsupported image"),
+    InvalidImage: (422, "Invalid image"),
+}
+
+
+def problem(status: int, title: str, detail: str, request: Request, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": request.url.path, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _format_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = []
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path", "form"))
+        msg = err.get("msg", "invalid")
+        value = err.get("input")
+        shown = "" if isinstance(value, (bytes, dict)) or value is None else f" (got {str(value)[:80]!r})"
+        parts.append(f"{loc or 'request'}: {msg}{shown}")
+        errors.append({"field": loc, "message": msg})
+    return "; ".join(parts), errors
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, request, exc.headers, **exc.extra)
+
+    @app.exception_handler(ImageError)
+    async def _image(request: Request, exc: ImageError) -> JSONResponse:
+        status, title = next((v for k, v in _IMAGE_STATUS.items() if isinstance(exc, k)), (422, "Invalid image"))
+        return problem(status, title, str(exc), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, errors = _format_validation(exc)
+        return problem(422, "Invalid request", detail, request, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), f"{request.method} {request.url.path}: {exc.detail}", request, dict(exc.headers or {}))

@@ -1,0 +1,201 @@
+"""The jobs service: enqueue, describe and cancel RQ jobs. Routes stay thin and call these.
+
+The API names job functions by dotted path (``app.jobkeys.PURIFY_FUNC``) and never imports ``workers``.
+Status words are RQ's own (STYLE rule 8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from app import jobkeys
+from app.errors import IdempotencyConflict, JobNotFound, JobNotReady, QueueFull
+from app.schemas import JobInfo, JobProgress
+from app.settings import Settings
+
+_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+_last_sweep = 0.0
+
+
+def queue_for(conn: Redis, settings: Settings) -> Queue:
+    return Queue(settings.queue_name, connection=conn)
+
+
+def sweep_abandoned(conn: Redis, settings: Settings, *, min_interval_s: float = 2.0) -> None:
+    """Retry (or fail) jobs whose worker stopped heart-beating: RQ's own StartedJobRegistry cleanup.
+
+    Workers run it too, but the API also runs it when polled, so a job is never left ``started``
+    when no worker is alive to notice.
+    """
+    global _last_sweep
+    now = time.monotonic()
+    if now - _last_sweep < min_interval_s:
+        return
+    _last_sweep = now
+    StartedJobRegistry(queue=queue_for(conn, settings)).cleanup()
+
+
+def _request_fingerprint(func: str, params: dict[str, Any], image: bytes) -> str:
+    h = hashlib.sha256(func.encode())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(hashlib.sha256(image).digest())
+    return h.hexdigest()
+
+
+def enqueue(
+    conn: Redis,
+    settings: Settings,
+    *,
+    func: str,
+    kind: str,
+    image: bytes,
+    params: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Queue a job on an already validated image. Returns ``(job, created)``."""
+    fingerprint = _request_fingerprint(func, params, image)
+    job_id = uuid.uuid4().hex
+    if idempotency_key is not None:
+        idem = jobkeys.idempotency_key(idempotency_key)
+        claimed = conn.set(idem, f"{job_id} {fingerprint}", nx=True, ex=settings.result_ttl_s)
+        if not claimed:
+            existing = (conn.get(idem) or b"").decode()
+            existing_id, _, existing_fp = existing.partition(" ")
+            if existing_fp != fingerprint:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for job {existing_id} with a different request"
+                )
+            try:
+                return Job.fetch(existing_id, connection=conn), False
+            except NoSuchJobError:
+                conn.delete(idem)  # the earlier job expired: this request starts afresh
+                return enqueue(conn, settings, func=func, kind=kind, image=image, params=params, idempotency_key=idempotency_key)
+    queue = queue_for(conn, settings)
+    if queue.count >= settings.max_queue_depth:
+        if idempotency_key is not None:
+            conn.delete(jobkeys.idempotency_key(idempotency_key))
+        raise QueueFull(
+            f"{queue.count} jobs are queued (limit {settings.max_queue_depth}); retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+    token = uuid.uuid4().hex
+    # The input must outlive every attempt of the job, queued time included.
+    input_ttl = settings.result_ttl_s + settings.job_timeout_s * (settings.job_retries + 1)
+    conn.set(jobkeys.input_key(token), image, ex=input_ttl)
+    job = queue.enqueue(
+        func,
+        kwargs={"input_key": jobkeys.input_key(token), "params": params},
+        job_id=job_id,
+        job_timeout=settings.job_timeout_s,
+        result_ttl=settings.result_ttl_s,
+        failure_ttl=settings.failure_ttl_s,
+        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+        meta={"kind": kind, "params": params, "attempts": 0},
+        description=f"{kind} {params.get('method', '')}".strip(),
+    )
+    return job, True
+
+
+def fetch(conn: Redis, settings: Settings, job_id: str) -> Job:
+    sweep_abandoned(conn, settings)
+    try:
+        return Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        raise JobNotFound(f"no job with id {job_id!r} (it never existed or has expired)") from None
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _error_text(job: Job) -> str | None:
+    result = job.latest_result()
+    if result is None or not result.exc_string:
+        return None
+    lines = [ln for ln in result.exc_string.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+def describe(job: Job, settings: Settings) -> JobInfo:
+    status = job.get_status(refresh=True) or JobStatus.QUEUED
+    meta = job.get_meta(refresh=False)
+    ended = _aware(job.ended_at)
+    expires_at = None
+    if status == JobStatus.FINISHED and ended:
+        expires_at = ended + timedelta(seconds=settings.result_ttl_s)
+    elif status in _ENDED and ended:
+        expires_at = ended + timedelta(seconds=settings.failure_ttl_s)
+    progress = None
+    raw = meta.get("progress")
+    if isinstance(raw, dict):
+        progress = JobProgress(**raw)
+    result = job.return_value() if status == JobStatus.FINISHED else None
+    error = None
+    if status == JobStatus.FAILED:
+        error = _error_text(job) or "the job failed without an error message"
+    elif status == JobStatus.STOPPED:
+        error = "stopped on request (DELETE)"
+    elif status == JobStatus.CANCELED:
+        error = "canceled before it started"
+    return JobInfo(
+        id=job.id,
+        kind=str(meta.get("kind", "")),
+        status=str(status.value if isinstance(status, JobStatus) else status),
+        params=dict(meta.get("params", {})),
+        created_at=_aware(job.created_at),
+        enqueued_at=_aware(job.enqueued_at),
+        started_at=_aware(job.started_at),
+        ended_at=ended,
+        expires_at=expires_at,
+        attempts=int(meta.get("attempts", 0)),
+        retries_left=job.retries_left,
+        progress=progress,
+        result=result if isinstance(result, dict) else None,
+        result_url=f"/jobs/{job.id}/result" if status == JobStatus.FINISHED else None,
+        error=error,
+    )
+
+
+def result_png(conn: Redis, job: Job) -> bytes:
+    status = job.get_status(refresh=True)
+    if status != JobStatus.FINISHED:
+        raise JobNotReady(f"job {job.id} is {status.value if status else 'unknown'}; its image exists once it is finished")
+    data = conn.get(jobkeys.result_png_key(job.id))
+    if data is None:
+        raise JobNotFound(f"the result image of job {job.id} has expired")
+    return bytes(data)
+
+
+def cancel(conn: Redis, settings: Settings, job: Job) -> str:
+    """Cancel a queued job or stop a running one. Returns the status the job moves to."""
+    status = job.get_status(refresh=True)
+    if status in _ENDED:
+        return str(status.value)
+    if status == JobStatus.STARTED:
+        # The DIP/CW loops poll this key; the worker then marks the job STOPPED (no retry).
+        conn.set(jobkeys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
+        try:
+            send_stop_job_command(conn, job.id)
+        except InvalidJobOperation:
+            pass  # between dequeue and start: the stop key alone suffices
+        return str(status.value)
+    try:
+        job.cancel()
+    except InvalidJobOperation:
+        pass  # it ended in the meantime
+    conn.set(jobkeys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
+    return str((job.get_status(refresh=True) or JobStatus.CANCELED).value)

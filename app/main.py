@@ -1,0 +1,50 @@
+"""The FastAPI application. Heavy objects (detectors, Redis client) are created in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+
+from app.detection import DetectionService
+from app.errors import install_error_handlers
+from app.routes import attack, detect, health, jobs
+from app.settings import Settings, get_settings
+from deepfake_guard import __version__
+from models.zoo import Zoo, resolve_device
+
+log = logging.getLogger("deepfake_guard.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = resolve_device(settings.device)
+        zoo = Zoo.from_directory(settings.checkpoints_dir, device)
+        if settings.default_model not in zoo.names() and len(zoo):
+            raise ValueError(f"DFG_DEFAULT_MODEL={settings.default_model!r} is not among the loaded detectors {zoo.names()}")
+        log.info("loaded detectors %s on %s", zoo.names(), device)
+        app.state.detection = DetectionService(zoo, settings.default_model)
+        app.state.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        try:
+            yield
+        finally:
+            if app.state.redis is not None:
+                app.state.redis.close()
+
+    app = FastAPI(
+        title="deepfake-guard",
+        version=__version__,
+        summary="Detect deepfake images, red-team the detectors, and purify adversarial inputs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (health, detect, attack, jobs):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
+from fastapi.responses import JSONResponse
+from redis import Redis
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
+
+from app import jobkeys, jobs
+from app.deps import get_app_settings, get_detection, get_redis
+from app.detection import DetectionService
+from app.errors import InvalidParameter
+from app.routes.jobs import accepted
+from app.settings import Settings
+from app.uploads import read_image
+from models.attacks.report import attack_and_measure, cw_work, perturbation_picture
+from models.images import encode_png
+
+router = APIRouter(tags=["attacks"])
+
+
+def _run_sync(service: DetectionService, x: Tensor, method: str, target: str, source: str | None,
+              params: dict[str, Any], save_format: str) -> dict[str, Any]:
+    tgt = service.model(target)
+    src = service.model(source) if source and source != target else None
+    with service.lock:
+        report = attack_and_measure(
+            method, tgt.detector, x.unsqueeze(0).to(service.zoo.device),
+            source=src.detector if src else None, params=params, save_format=save_format,
+        )[0]  # fmt: skip
+    adv = report.adv.float().cpu()
+    body = report.metrics()
+    body["target"] = {"name": tgt.name, "sha256": tgt.sha256}
+    body["source"] = {"name": (src or tgt).name, "sha256": (src or tgt).sha256}
+    # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
+    body["adversarial"] = base64.b64encode(report.encoded).decode()
+    body["adversarial_media_type"] = "image/jpeg" if save_format == "jpeg75" else "image/png"
+    body["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
+    return body
+
+
+@router.post(
+    "/attack",
+    summary="Craft an adversarial example against a detector (white-box, or black-box transfer from `source`)",
+    responses={202: {"description": "CW-L2 above the synchronous work budget: queued as a job"}},
+)
+async def attack(
+    response: Response,
+    file: Annotated[UploadFile, File(description="The image to perturb.")],
+    method: Annotated[Literal["fgsm", "pgd", "cw_l2"], Form()] = "fgsm",
+    target: Annotated[str | None, Form(description="Detector under attack (default model if unset).")] = None,
+    source: Annotated[str | None, Form(description="Detector the attack is crafted on; differs from target = black-box.")] = None,
+    eps: Annotated[float | None, Form(gt=0, le=1, description="L-inf budget in [0,1] pixel units (fgsm, pgd).")] = None,
+    steps: Annotated[int | None, Form(ge=1, le=10_000, description="PGD steps.")] = None,
+    step_size: Annotated[float | None, Form(gt=0, le=1, description="PGD step size.")] = None,
+    preset: Annotated[Literal["paper", "default"] | None, Form(description="CW-L2 preset.")] = None,
+    search_steps: Annotated[int | None, Form(ge=1, le=20, description="CW-L2 binary-search steps over c.")] = None,
+    max_iterations: Annotated[int | None, Form(ge=1, le=100_000, description="CW-L2 Adam steps per search step.")] = None,
+    kappa: Annotated[float | None, Form(ge=0, description="CW-L2 confidence margin on logits.")] = None,
+    c: Annotated[float | None, Form(gt=0, description="CW-L2 initial trade-off constant.")] = None,
+    lr: Annotated[float | None, Form(gt=0, le=10, description="CW-L2 Adam learning rate.")] = None,
+    targeted: Annotated[bool, Form(description="Push towards the other class instead of away from the current one.")] = False,
+    save_format: Annotated[Literal["png", "jpeg75"], Form(description="Judge success after saving as this.")] = "png",
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    settings: Settings = Depends(get_app_settings),
+    service: DetectionService = Depends(get_detection),
+    conn: Redis = Depends(get_redis),
+) -> Any:
+    given = {
+        "eps": eps, "steps": steps, "step_size": step_size, "preset": preset, "search_steps": search_steps,
+        "max_iterations": max_iterations, "kappa": kappa, "c": c, "lr": lr,
+    }  # fmt: skip
+    allowed = {
+        "fgsm": {"eps"},
+        "pgd": {"eps", "steps", "step_size"},
+        "cw_l2": {"preset", "search_steps", "max_iterations", "kappa", "c", "lr"},
+    }[method]
+    stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+    if stray:
+        raise InvalidParameter(f"parameters {stray} do not apply to method={method!r} (it takes {sorted(allowed)})")
+    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    params["targeted"] = targeted
+    tgt = service.model(target)
+    src = service.model(source) if source else tgt
+    data, x = await read_image(file, settings)
+    h, w = x.shape[-2:]
+    try:
+        work = cw_work(params, h, w) if method == "cw_l2" else 0.0
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from exc
+    if work > settings.cw_sync_max_work:
+        job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
+        job, created = jobs.enqueue(
+            conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        body = accepted(job.id, str(job.get_status(refresh=False).value), response, created)
+        return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})
+    try:
+        return await run_in_threadpool(_run_sync, service, x, method, tgt.name, src.name, params, save_format)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from exc

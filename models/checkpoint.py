@@ -1,0 +1,166 @@
+"""Checkpoints: safetensors weights beside a JSON metadata file, identified by the weights' sha256.
+
+``NAME.safetensors`` holds the detector's state dict; ``NAME.json`` holds the architecture, input size,
+class names, normalisation and provenance (dataset, seed, exact command, metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models import registry
+from models.detector import CLASS_NAMES, Detector, SigmoidAdapter
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed or does not fit the architecture it names."""
+
+
+@dataclass
+class CheckpointMeta:
+    architecture: str
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: tuple[str, str] = CLASS_NAMES
+    logits: int = 2
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "architecture": self.architecture,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+            "logits": self.logits,
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, source: str) -> CheckpointMeta:
+        try:
+            return cls(
+                architecture=str(data["architecture"]),
+                input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
+                mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+                class_names=tuple(data.get("class_names", CLASS_NAMES)),  # type: ignore[arg-type]
+                logits=int(data.get("logits", 2)),
+                provenance=dict(data.get("provenance", {})),
+                metrics=dict(data.get("metrics", {})),
+                format_version=int(data.get("format_version", FORMAT_VERSION)),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{source}: malformed metadata ({exc!r})") from exc
+
+
+@dataclass
+class LoadedCheckpoint:
+    name: str
+    detector: Detector
+    meta: CheckpointMeta
+    sha256: str
+    path: Path
+
+
+def paths_for(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, metadata)`` paths for a checkpoint given with or without its suffix."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in {".safetensors", ".json"} else p
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(detector: Detector, path: str | Path, meta: CheckpointMeta) -> str:
+    """Write weights and metadata; returns the weights' sha256."""
+    weights, meta_path = paths_for(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in detector.backbone.state_dict().items()}
+    save_file(state, str(weights), metadata={"architecture": meta.architecture})
+    digest = sha256_file(weights)
+    meta_path.write_text(json.dumps({**meta.to_json(), "sha256": digest}, indent=2) + "\n")
+    return digest
+
+
+def _describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+    if shapes:
+        parts.append(f"shape mismatch in {len(shapes)} tensors (e.g. {shapes[:3]})")
+    return "; ".join(parts)
+
+
+def load(path: str | Path, *, architecture: str | None = None, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint into the architecture its metadata names (or ``architecture`` if given).
+
+    Raises ``CheckpointError`` naming what does not match when the weights do not fit.
+    """
+    weights, meta_path = paths_for(path)
+    if not weights.is_file():
+        raise CheckpointError(f"no checkpoint weights at {weights}")
+    if not meta_path.is_file():
+        raise CheckpointError(f"no checkpoint metadata at {meta_path}")
+    try:
+        raw = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    meta = CheckpointMeta.from_json(raw, source=str(meta_path))
+    arch_name = architecture or meta.architecture
+    spec = registry.get(arch_name)
+    backbone = spec.builder()
+    if meta.logits == 1:
+        backbone = SigmoidAdapter(backbone)
+    elif meta.logits != 2:
+        raise CheckpointError(f"{meta_path}: logits must be 1 or 2, got {meta.logits}")
+    state = load_file(str(weights), device="cpu")
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs {arch_name} {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"checkpoint {weights.name} (trained as {meta.architecture!r}) does not fit architecture "
+            f"{arch_name!r}: {_describe_mismatch(missing, unexpected, shapes)}"
+        )
+    backbone.load_state_dict(state)
+    detector = Detector(
+        backbone, input_size=meta.input_size, mean=meta.mean, std=meta.std, class_names=meta.class_names
+    )
+    detector.eval().to(map_location)
+    return LoadedCheckpoint(
+        name=weights.stem, detector=detector, meta=meta, sha256=sha256_file(weights), path=weights
+    )
+
+
+def discover(directory: str | Path) -> list[Path]:
+    """Checkpoint weight files in a directory, sorted by name."""
+    d = Path(directory)
+    return sorted(p for p in d.glob("*.safetensors") if p.with_suffix(".json").is_file())

@@ -1,0 +1,51 @@
+"""The set of trained detectors a process serves, loaded once from a checkpoint folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from models import checkpoint
+from models.checkpoint import LoadedCheckpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+class Zoo:
+    """Detectors by name (the checkpoint's file stem), all on one device."""
+
+    def __init__(self, loaded: dict[str, LoadedCheckpoint], device: torch.device) -> None:
+        self._loaded = dict(sorted(loaded.items()))
+        self.device = device
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, device: torch.device) -> Zoo:
+        paths = checkpoint.discover(directory)
+        loaded = {p.stem: checkpoint.load(p, map_location=device) for p in paths}
+        return cls(loaded, device)
+
+    def get(self, name: str) -> LoadedCheckpoint:
+        try:
+            return self._loaded[name]
+        except KeyError:
+            raise KeyError(f"unknown model {name!r}; choose one of {self.names()}") from None
+
+    def names(self) -> list[str]:
+        return list(self._loaded)
+
+    def __iter__(self) -> Iterator[LoadedCheckpoint]:
+        return iter(self._loaded.values())
+
+    def __len__(self) -> int:
+        return len(self._loaded)

@@ -1,0 +1,176 @@
+"""The API in-process (TestClient runs the real lifespan) against the real bundled Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from app.main import create_app
+from app.settings import Settings
+from tests import imagefiles as files
+
+PROBLEM = "application/problem+json"
+
+
+def make_client(tmp: Path, redis_url: str | None, **overrides: object) -> TestClient:
+    settings = Settings(checkpoints_dir=tmp, redis_url=redis_url, default_model="tiny-vgg", device="cpu", **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings), raise_server_exceptions=True)
+
+
+@pytest.fixture
+def client(tiny_checkpoints: Path, redis_url: str) -> Iterator[TestClient]:
+    with make_client(tiny_checkpoints, redis_url, max_pixels=1_000_000) as c:
+        yield c
+
+
+def png() -> bytes:
+    return files.encode(files.gradient_rgb(), "PNG")
+
+
+def assert_problem(resp, status: int, needle: str) -> None:  # type: ignore[no-untyped-def]
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    body = resp.json()
+    assert body["status"] == status and needle.lower() in body["detail"].lower(), body
+
+
+def test_detect_returns_p_fake_label_model_and_sha256(client: TestClient, tiny_checkpoints: Path) -> None:
+    resp = client.post("/detect", files=[("file", ("a.png", png(), "image/png")), ("file", ("b.jpg", files.cmyk_jpeg(), "image/jpeg"))])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert len(body["results"]) == 2
+    sha = (tiny_checkpoints / "tiny-vgg.json").read_text()
+    for r in body["results"]:
+        assert 0.0 <= r["p_fake"] <= 1.0
+        assert r["label"] == ("fake" if r["p_fake"] >= 0.5 else "real")
+        assert r["model"]["name"] == "tiny-vgg" and r["model"]["sha256"] in sha
+    assert body["results"][0]["width"] == 40 and body["results"][0]["height"] == 30
+
+
+def test_threshold_decides_the_label(client: TestClient) -> None:
+    low = client.post("/detect", files={"file": ("a.png", png())}, data={"threshold": "0"}).json()
+    high = client.post("/detect", files={"file": ("a.png", png())}, data={"threshold": "1"}).json()
+    assert low["results"][0]["label"] == "fake"
+    assert high["results"][0]["label"] == ("fake" if high["results"][0]["p_fake"] >= 1 else "real")
+
+
+def test_model_choice(client: TestClient) -> None:
+    body = client.post("/detect", files={"file": ("a.png", png())}, data={"model": "tiny-resnet"}).json()
+    assert body["model"]["name"] == "tiny-resnet"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "needle"),
+    [
+        ("notes.txt", b"just some text, not an image\n", 422, "not a recognisable image"),
+        ("cut.jpg", files.truncated_jpeg(), 422, "truncated"),
+        ("empty.png", b"", 422, "0 bytes"),
+        ("bomb.png", files.png_bomb_header(), 413, "pixel"),
+        ("anim.gif", files.animated_gif(), 415, "GIF"),
+    ],
+)
+def test_bad_images_get_a_named_4xx(client: TestClient, name: str, data: bytes, status: int, needle: str) -> None:
+    resp = client.post("/detect", files={"file": (name, data)})
+    assert_problem(resp, status, needle)
+    assert name in resp.json()["detail"] or status == 413
+    # the server keeps serving
+    assert client.post("/detect", files={"file": ("ok.png", png())}).status_code == 200
+
+
+def test_unusual_but_valid_images_are_scored(client: TestClient) -> None:
+    for name, data in [("cmyk.jpg", files.cmyk_jpeg()), ("gray16.png", files.png16_gray())]:
+        resp = client.post("/detect", files={"file": (name, data)})
+        assert resp.status_code == 200, resp.text
+
+
+def test_unknown_model_and_bad_threshold(client: TestClient) -> None:
+    assert_problem(client.post("/detect", files={"file": ("a.png", png())}, data={"model": "gpt-9"}), 404, "'gpt-9'")
+    resp = client.post("/detect", files={"file": ("a.png", png())}, data={"threshold": "1.5"})
+    assert_problem(resp, 422, "threshold")
+    assert "1.5" in resp.json()["detail"]
+
+
+def test_missing_file_field_and_unknown_route(client: TestClient) -> None:
+    assert_problem(client.post("/detect", data={"threshold": "0.5"}), 422, "file")
+    assert_problem(client.get("/nope"), 404, "not found")
+
+
+def test_upload_byte_limit_is_413(tiny_checkpoints: Path, redis_url: str) -> None:
+    with make_client(tiny_checkpoints, redis_url, max_upload_bytes=2048) as c:
+        big = files.encode(files.gradient_rgb(200, 200), "BMP")
+        assert_problem(c.post("/detect", files={"file": ("big.bmp", big)}), 413, "2048 bytes")
+
+
+def test_models_health_and_readiness(client: TestClient) -> None:
+    models = client.get("/models").json()
+    assert models["default"] == "tiny-vgg"
+    assert {m["name"] for m in models["models"]} == {"tiny-vgg", "tiny-resnet"}
+    assert all(len(m["sha256"]) == 64 and m["fake_index"] == 0 for m in models["models"])
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["redis"] == "ok"
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_readiness_without_redis_is_503(tiny_checkpoints: Path) -> None:
+    with make_client(tiny_checkpoints, None) as c:
+        assert_problem(c.get("/readyz"), 503, "Redis")
+        assert_problem(c.post("/purify", files={"file": ("a.png", png())}), 503, "Redis")
+
+
+# ---- jobs API (no worker here: jobs stay queued) ----
+
+
+def test_purify_queues_a_job_with_location(client: TestClient) -> None:
+    resp = client.post("/purify", files={"file": ("a.png", png())}, data={"method": "dip", "max_iterations": "50"})
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    assert resp.headers["location"] == f"/jobs/{job_id}"
+    info = client.get(f"/jobs/{job_id}").json()
+    assert info["status"] == "queued" and info["kind"] == "purify"
+    assert info["params"] == {"method": "dip", "max_iterations": 50, "preset": "default", "seed": 0}
+    assert info["result"] is None and info["expires_at"] is None
+    assert_problem(client.get(f"/jobs/{job_id}/result"), 409, "queued")
+
+
+def test_purify_rejects_bad_parameters(client: TestClient) -> None:
+    f = {"file": ("a.png", png())}
+    assert_problem(client.post("/purify", files=f, data={"method": "blur"}), 422, "method")
+    assert_problem(client.post("/purify", files=f, data={"method": "jpeg", "bits": "3"}), 422, "['bits']")
+    assert_problem(client.post("/purify", files=f, data={"method": "median", "kernel_size": "4"}), 422, "odd")
+    assert_problem(client.post("/purify", files=f, data={"max_iterations": "0"}), 422, "max_iterations")
+    assert_problem(client.post("/purify", files=f, data={"max_iterations": "999999"}), 422, "limit")
+    assert_problem(client.post("/purify", files={"file": ("x.txt", b"text")}), 422, "not a recognisable image")
+
+
+def test_idempotency_key_returns_the_same_job(client: TestClient) -> None:
+    f = {"file": ("a.png", png())}
+    first = client.post("/purify", files=f, data={"method": "jpeg"}, headers={"Idempotency-Key": "abc"})
+    again = client.post("/purify", files=f, data={"method": "jpeg"}, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    other = client.post("/purify", files=f, data={"method": "median"}, headers={"Idempotency-Key": "abc"})
+    assert_problem(other, 409, "different request")
+
+
+def test_backpressure_answers_503_with_retry_after(tiny_checkpoints: Path, redis_url: str) -> None:
+    with make_client(tiny_checkpoints, redis_url, max_queue_depth=2, retry_after_s=7) as c:
+        for _ in range(2):
+            assert c.post("/purify", files={"file": ("a.png", png())}, data={"method": "jpeg"}).status_code == 202
+        resp = c.post("/purify", files={"file": ("a.png", png())}, data={"method": "jpeg"})
+        assert_problem(resp, 503, "2 jobs are queued")
+        assert resp.headers["retry-after"] == "7"
+
+
+def test_unknown_job_is_404_and_delete_cancels_a_queued_job(client: TestClient, redis_url: str) -> None:
+    assert_problem(client.get("/jobs/doesnotexist"), 404, "'doesnotexist'")
+    job_id = client.post("/purify", files={"file": ("a.png", png())}, data={"method": "jpeg"}).json()["id"]
+    resp = client.delete(f"/jobs/{job_id}")
+    assert resp.status_code == 200 and resp.json()["status"] == "canceled"
+    info = client.get(f"/jobs/{job_id}").json()
+    assert info["status"] == "canceled" and "canceled" in info["error"]
+    assert Redis.from_url(redis_url).llen("rq:queue:deepfake-guard") == 0

@@ -1,0 +1,193 @@
+"""Job functions, named by dotted path from the API ("workers.jobs.purify").
+
+Each one reads its image from Redis by key (no pickled tensors), reports progress into ``job.meta``,
+polls the stop key set by ``DELETE /jobs/{id}``, stores its output PNG under a key with a TTL and
+returns a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rq import get_current_job
+from rq.job import Job
+
+from app import jobkeys
+from models.images import decode_image, encode_png
+from models.progress import Progress, ProgressFn, StopFn
+from workers import runtime
+
+PROGRESS_EVERY_S = 0.5
+STOP_POLL_S = 0.5
+
+
+def _current_job() -> Job:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("this function runs inside an RQ job")
+    return job
+
+
+def _load_input(rt: runtime.Runtime, key: str) -> torch.Tensor:
+    data = rt.conn.get(key)
+    if data is None:
+        raise LookupError(f"the input image {key} has expired or was never stored")
+    return decode_image(bytes(data), max_bytes=len(data) or 1, max_pixels=rt.settings.max_pixels)
+
+
+def _reporter(job: Job) -> ProgressFn:
+    started = time.monotonic()
+    last = 0.0
+
+    def report(p: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        final = p.iteration >= p.max_iterations
+        if now - last < PROGRESS_EVERY_S and not final:
+            return
+        last = now
+        fraction = min(1.0, p.iteration / max(1, p.max_iterations))
+        elapsed = now - started
+        eta = elapsed / fraction * (1 - fraction) if fraction > 0 else None
+        job.meta["progress"] = {
+            "iteration": p.iteration,
+            "max_iterations": p.max_iterations,
+            "loss": p.loss,
+            "psnr": p.psnr,
+            "stage": p.stage,
+            "fraction": fraction,
+            "eta_s": eta,
+        }
+        job.save_meta()
+
+    return report
+
+
+def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:
+    last = 0.0
+    key = jobkeys.stop_key(job.id)
+
+    def should_stop() -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < STOP_POLL_S:
+            return False
+        last = now
+        if rt.conn.exists(key):
+            if rt.worker is not None:
+                rt.worker.mark_stopped(job.id)
+            return True
+        return False
+
+    return should_stop
+
+
+def _begin(rt: runtime.Runtime, job: Job) -> None:
+    job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+    job.meta.pop("progress", None)
+    job.save_meta()
+
+
+def _scores(rt: runtime.Runtime, before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for loaded in rt.zoo:
+        det = loaded.detector
+        pb, pa = det.p_fake(before.unsqueeze(0).to(rt.zoo.device)).item(), det.p_fake(after.unsqueeze(0).to(rt.zoo.device)).item()
+        out[loaded.name] = {
+            "sha256": loaded.sha256,
+            "p_fake_before": pb,
+            "p_fake_after": pa,
+            "label_before": "fake" if pb >= 0.5 else "real",
+            "label_after": "fake" if pa >= 0.5 else "real",
+        }
+    return out
+
+
+def _fit_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return x
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
+    from models.purify import PURIFIERS
+
+    rt, job = runtime.get(), _current_job()
+    _begin(rt, job)
+    x = _load_input(rt, input_key)
+    h, w = x.shape[-2:]
+    kwargs = {k: v for k, v in params.items() if k != "method"}
+    method = params["method"]
+    # DIP cost grows with pixels; like the paper (512 x 512) it works at a bounded size and the
+    # result is resized back to the upload's resolution.
+    work = _fit_side(x, rt.settings.purify_max_side) if method == "dip" else x
+    started = time.monotonic()
+    result = PURIFIERS[method](
+        work.unsqueeze(0).to(rt.zoo.device),
+        progress=_reporter(job),
+        should_stop=_stop_check(rt, job),
+        **kwargs,
+    )
+    purified = result.image[0].float().cpu()
+    if tuple(purified.shape[-2:]) != (h, w):
+        purified = F.interpolate(purified.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    png = encode_png(purified)
+    rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
+    delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)
+    return {
+        "method": method,
+        "params": kwargs,
+        "width": w,
+        "height": h,
+        "work_size": list(work.shape[-2:]),
+        "iterations": _as_int(result.iterations),
+        "stopped_by": result.stopped_by,
+        "seconds": time.monotonic() - started,
+        "detectors": _scores(rt, x, delivered),
+    }
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, torch.Tensor):
+        return int(v.max().item())
+    if isinstance(v, (list, tuple)):
+        return int(max(v))
+    return int(v)
+
+
+def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
+    from models.attacks.report import attack_and_measure, perturbation_picture
+
+    rt, job = runtime.get(), _current_job()
+    _begin(rt, job)
+    x = _load_input(rt, input_key)
+    p = dict(params)
+    method, target_name, source_name = p.pop("method"), p.pop("target"), p.pop("source", None)
+    save_format = p.pop("save_format", "png")
+    target = rt.zoo.get(target_name)
+    source = rt.zoo.get(source_name) if source_name and source_name != target_name else None
+    report = attack_and_measure(
+        method,
+        target.detector,
+        x.unsqueeze(0).to(rt.zoo.device),
+        source=source.detector if source else None,
+        params=p,
+        save_format=save_format,
+        progress=_reporter(job),
+        should_stop=_stop_check(rt, job),
+    )[0]
+    adv = report.adv.float().cpu()
+    # The delivered image, losslessly: for jpeg75 these are the decoded JPEG pixels success was judged on.
+    rt.conn.set(jobkeys.result_png_key(job.id), encode_png(adv), ex=rt.settings.result_ttl_s)
+    metrics = report.metrics()
+    metrics["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
+    metrics["target"] = {"name": target.name, "sha256": target.sha256}
+    metrics["source"] = {"name": (source or target).name, "sha256": (source or target).sha256}
+    return metrics

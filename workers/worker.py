@@ -1,0 +1,90 @@
+"""The worker entry point and its RQ worker class.
+
+``GuardWorker`` is a non-forking RQ worker: CUDA does not survive ``fork``, and the detectors are
+loaded once per process. A heartbeat thread keeps the job's registry entry short-lived, so when the
+process dies (SIGKILL, OOM, node loss) RQ's StartedJobRegistry cleanup retries the job within
+about ``3 * heartbeat_s`` seconds instead of after the whole job timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import WorkerStatus
+
+from app.settings import Settings, get_settings
+from models.zoo import Zoo, resolve_device
+from workers import runtime
+
+log = logging.getLogger("deepfake_guard.worker")
+
+
+class GuardWorker(SimpleWorker):
+    heartbeat_s: int = 5
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.heartbeat_s * 3 + 2
+
+    def mark_stopped(self, job_id: str) -> None:
+        """The job was stopped on request: RQ then records it STOPPED and does not retry it."""
+        self._stopped_job_id = job_id
+
+    def _beat(self, job: Job, execution: Execution, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except RedisError as exc:  # a blip must not kill the job; the next beat retries
+                log.warning("heartbeat for job %s failed: %s", job.id, exc)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, done), name=f"heartbeat-{job.id}", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+
+def build_worker(settings: Settings, conn: Redis, zoo: Zoo) -> GuardWorker:
+    queue = Queue(settings.queue_name, connection=conn)
+    worker = GuardWorker([queue], connection=conn, maintenance_interval=max(10, settings.heartbeat_s * 2))
+    worker.heartbeat_s = settings.heartbeat_s
+    runtime.init(runtime.Runtime(settings=settings, conn=conn, zoo=zoo, worker=worker))
+    return worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deepfake-guard worker", description="Run an RQ worker for deepfake-guard jobs.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument("--name", default=None, help="worker name (default: RQ's own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.redis_url is None:
+        raise SystemExit("DFG_REDIS_URL is not set: a worker needs the Redis server the API uses")
+    conn = Redis.from_url(settings.redis_url)
+    zoo = Zoo.from_directory(settings.checkpoints_dir, resolve_device(settings.device))
+    log.info("worker loaded detectors %s on %s", zoo.names(), zoo.device)
+    worker = build_worker(settings, conn, zoo)
+    if args.name:
+        worker.name = args.name
+    worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)
+    return 0
