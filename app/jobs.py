@@ -127,7 +127,11 @@ def _error_text(job: Job) -> str | None:
     if result is None or not result.exc_string:
         return None
     lines = [ln for ln in result.exc_string.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else None
+    if not lines:
+        return None
+    if "AbandonedJobError" in result.exc_string:
+        return f"the worker running this job died (heartbeat lost) and no retries were left: {lines[-1]}"
+    return lines[-1]
 
 
 def describe(job: Job, settings: Settings) -> JobInfo:

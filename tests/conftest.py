@@ -75,6 +75,8 @@ def free_port() -> int:
 def service_env(redis_url: str | None, checkpoints: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
     env.update({"DFG_CHECKPOINTS_DIR": str(checkpoints), "DFG_DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    if (checkpoints / "tiny-vgg.json").exists():
+        env["DFG_DEFAULT_MODEL"] = "tiny-vgg"
     if redis_url:
         env["DFG_REDIS_URL"] = redis_url
     env.update(extra)
