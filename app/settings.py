@@ -53,8 +53,10 @@ class Settings(BaseSettings):
         512, ge=32, description="DIP works on images scaled to fit this side (as the paper's 512 x 512), then scales back."
     )
     max_dip_iterations: int = Field(20_000, ge=1, description="Largest max_iterations a DIP request may ask for.")
-    cw_sync_max_work: float = Field(
-        2e8, ge=0, description="CW-L2 requests whose work (search steps x iterations x pixels) exceeds this run as jobs."
+    cw_sync_max_steps: int = Field(
+        1000,
+        ge=0,
+        description="CW-L2 requests needing more optimisation steps (search_steps x max_iterations) run as jobs (202).",
     )
 
     @model_validator(mode="after")

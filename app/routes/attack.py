@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
@@ -32,7 +33,7 @@ def _run_sync(service: DetectionService, x: Tensor, method: str, target: str, so
             source=src.detector if src else None, params=params, save_format=save_format,
         )[0]  # fmt: skip
     adv = report.adv.float().cpu()
-    body = report.metrics()
+    body = {k: _finite(v) for k, v in report.metrics().items()}
     body["target"] = {"name": tgt.name, "sha256": tgt.sha256}
     body["source"] = {"name": (src or tgt).name, "sha256": (src or tgt).sha256}
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
@@ -40,6 +41,11 @@ def _run_sync(service: DetectionService, x: Tensor, method: str, target: str, so
     body["adversarial_media_type"] = "image/jpeg" if save_format == "jpeg75" else "image/png"
     body["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
     return body
+
+
+def _finite(v: Any) -> Any:
+    """JSON has no infinity: an unchanged image's PSNR (inf) is reported as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 @router.post(
@@ -60,7 +66,8 @@ async def attack(
     search_steps: Annotated[int | None, Form(ge=1, le=20, description="CW-L2 binary-search steps over c.")] = None,
     max_iterations: Annotated[int | None, Form(ge=1, le=100_000, description="CW-L2 Adam steps per search step.")] = None,
     kappa: Annotated[float | None, Form(ge=0, description="CW-L2 confidence margin on logits.")] = None,
-    c: Annotated[float | None, Form(gt=0, description="CW-L2 initial trade-off constant.")] = None,
+    c: Annotated[float | None, Form(gt=0, description="CW-L2 initial trade-off constant c (binary-searched).")] = None,
+    c_max: Annotated[float | None, Form(gt=0, description="CW-L2 largest c the search may reach.")] = None,
     lr: Annotated[float | None, Form(gt=0, le=10, description="CW-L2 Adam learning rate.")] = None,
     targeted: Annotated[bool, Form(description="Push towards the other class instead of away from the current one.")] = False,
     save_format: Annotated[Literal["png", "jpeg75"], Form(description="Judge success after saving as this.")] = "png",
@@ -71,12 +78,12 @@ async def attack(
 ) -> Any:
     given = {
         "eps": eps, "steps": steps, "step_size": step_size, "preset": preset, "search_steps": search_steps,
-        "max_iterations": max_iterations, "kappa": kappa, "c": c, "lr": lr,
+        "max_iterations": max_iterations, "kappa": kappa, "c_init": c, "c_max": c_max, "lr": lr,
     }  # fmt: skip
     allowed = {
         "fgsm": {"eps"},
         "pgd": {"eps", "steps", "step_size"},
-        "cw_l2": {"preset", "search_steps", "max_iterations", "kappa", "c", "lr"},
+        "cw_l2": {"preset", "search_steps", "max_iterations", "kappa", "c_init", "c_max", "lr"},
     }[method]
     stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
     if stray:
@@ -86,12 +93,11 @@ async def attack(
     tgt = service.model(target)
     src = service.model(source) if source else tgt
     data, x = await read_image(file, settings)
-    h, w = x.shape[-2:]
     try:
-        work = cw_work(params, h, w) if method == "cw_l2" else 0.0
+        steps_needed = cw_work(params, 1, 1) if method == "cw_l2" else 0.0
     except ValueError as exc:
         raise InvalidParameter(str(exc)) from exc
-    if work > settings.cw_sync_max_work:
+    if steps_needed > settings.cw_sync_max_steps:
         job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
         job, created = jobs.enqueue(
             conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,

@@ -112,3 +112,22 @@ def test_sigkilled_worker_without_retries_ends_failed_with_a_reason(
     info, _ = poll_until(base, job_id, {"failed", "finished", "queued"}, 30)
     assert info["status"] == "failed", info
     assert "worker" in info["error"] and "died" in info["error"]
+
+
+def test_queued_cw_attack_finishes_and_its_image_matches_detect(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints, DFG_CW_SYNC_MAX_STEPS="10")
+    base = processes.api(env)
+    processes.worker(env)
+    png = files.encode(files.gradient_rgb(48, 40), "PNG")
+    data = {"method": "cw_l2", "search_steps": "2", "max_iterations": "20", "target": "tiny-vgg", "source": "tiny-resnet"}
+    resp = httpx.post(f"{base}/attack", files={"file": ("g.png", png)}, data=data, timeout=30)
+    assert resp.status_code == 202, resp.text
+    info, seen = poll_until(base, resp.json()["id"], {"finished", "failed"}, 180)
+    assert info["status"] == "finished", info
+    result = info["result"]
+    assert result["target"]["name"] == "tiny-vgg" and result["source"]["name"] == "tiny-resnet"
+    adv = httpx.get(f"{base}{info['result_url']}", timeout=30).content
+    check = httpx.post(f"{base}/detect", files={"file": ("adv.png", adv)}, data={"model": "tiny-vgg"}, timeout=30).json()
+    assert check["results"][0]["p_fake"] == pytest.approx(result["p_fake_after"], abs=1e-4)
