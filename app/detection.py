@@ -1,16 +1,18 @@
-"""The detection service: upload bytes in, p_fake out, on the detectors loaded at start-up."""
+"""The detection service: decoded images in, p_fake out, on the detectors loaded at start-up."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 
 import torch
+from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from app.batching import MicroBatcher
 from app.errors import UnknownModel
 from models.checkpoint import LoadedCheckpoint
-from models.detector import FAKE_INDEX
 from models.zoo import Zoo
 
 
@@ -22,13 +24,15 @@ class Score:
 
 
 class DetectionService:
-    """Runs detectors; one lock keeps concurrent requests from oversubscribing the CPU/GPU."""
-
-    def __init__(self, zoo: Zoo, default_model: str) -> None:
+    def __init__(self, zoo: Zoo, default_model: str, *, max_batch: int = 64, precision: str = "fp32") -> None:
         self.zoo = zoo
         self.default_model = default_model
-        # One compute lock: concurrent requests queue here instead of oversubscribing the CPU/GPU.
+        # One compute lock: synchronous attacks and detection batches take turns on the CPU/GPU.
         self.lock = threading.Lock()
+        self.batcher = MicroBatcher(lock=self.lock, max_batch=max_batch, precision=precision)
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def model(self, name: str | None) -> LoadedCheckpoint:
         chosen = name or self.default_model
@@ -37,11 +41,12 @@ class DetectionService:
         except KeyError:
             raise UnknownModel(f"unknown model {chosen!r}; choose one of {self.zoo.names()}", value=chosen) from None
 
-    def score(self, loaded: LoadedCheckpoint, images: list[Tensor]) -> list[Score]:
-        """p_fake per image; images of any size are resized inside the detector."""
-        detector = loaded.detector
-        with self.lock, torch.inference_mode():
-            batch = torch.cat([detector.preprocess(x.unsqueeze(0).to(self.zoo.device)) for x in images])
-            logits = detector.backbone(batch).float()
-            p = torch.softmax(logits, dim=1)[:, FAKE_INDEX].cpu().tolist()
-        return [Score(p_fake=float(pf), width=int(x.shape[2]), height=int(x.shape[1])) for pf, x in zip(p, images, strict=True)]
+    def prepare(self, loaded: LoadedCheckpoint, images: list[Tensor]) -> Tensor:
+        """Resize and normalise each image (any size) to the detector's input: k x 3 x h x w."""
+        with torch.inference_mode():
+            return torch.cat([loaded.detector.preprocess(x.unsqueeze(0).to(self.zoo.device)) for x in images])
+
+    async def score(self, loaded: LoadedCheckpoint, images: list[Tensor]) -> list[Score]:
+        batch = await run_in_threadpool(self.prepare, loaded, images)
+        probs = await asyncio.wrap_future(self.batcher.submit(loaded, batch))
+        return [Score(p_fake=p, width=int(x.shape[2]), height=int(x.shape[1])) for p, x in zip(probs, images, strict=True)]

@@ -29,11 +29,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.default_model not in zoo.names() and len(zoo):
             raise ValueError(f"DFG_DEFAULT_MODEL={settings.default_model!r} is not among the loaded detectors {zoo.names()}")
         log.info("loaded detectors %s on %s", zoo.names(), device)
-        app.state.detection = DetectionService(zoo, settings.default_model)
+        app.state.detection = DetectionService(
+            zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision
+        )
         app.state.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         try:
             yield
         finally:
+            app.state.detection.close()
             if app.state.redis is not None:
                 app.state.redis.close()
 

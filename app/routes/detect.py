@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import get_app_settings, get_detection
 from app.detection import DetectionService
@@ -28,7 +27,7 @@ async def detect(
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
     loaded = service.model(model)
     images = [(await read_image(f, settings))[1] for f in file]
-    scores = await run_in_threadpool(service.score, loaded, images)
+    scores = await service.score(loaded, images)
     ref = ModelRef(name=loaded.name, sha256=loaded.sha256)
     return DetectResponse(
         model=ref,

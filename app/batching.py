@@ -1,0 +1,102 @@
+"""Dynamic micro-batching for /detect.
+
+Concurrent requests are merged into one forward pass: one compute thread takes the first waiting
+item and, without waiting any longer, drains whatever else is already queued (up to ``max_batch``).
+An idle service therefore adds no latency to a lone request, and a busy one batches naturally,
+at the size the load provides.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from models.checkpoint import LoadedCheckpoint
+from models.detector import FAKE_INDEX
+
+
+@dataclass
+class _Item:
+    loaded: LoadedCheckpoint
+    batch: Tensor  # already resized and normalised: k x 3 x h x w on the model's device
+    future: Future[list[float]] = field(default_factory=Future)
+
+
+class MicroBatcher:
+    def __init__(self, *, lock: threading.Lock, max_batch: int = 64, precision: str = "fp32") -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.max_batch = max_batch
+        self.precision = precision
+        self._lock = lock
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="detect-batcher", daemon=True)
+        self._thread.start()
+        self.batches_run = 0
+        self.images_run = 0
+
+    def submit(self, loaded: LoadedCheckpoint, batch: Tensor) -> Future[list[float]]:
+        item = _Item(loaded, batch)
+        self._queue.put(item)
+        return item.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _drain(self, first: _Item) -> tuple[list[_Item], list[_Item]]:
+        """Items for ``first``'s model up to max_batch images, and the rest (to run next)."""
+        same, other = [first], []
+        size = first.batch.shape[0]
+        while size < self.max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)
+                break
+            if nxt.loaded is first.loaded and tuple(nxt.batch.shape[1:]) == tuple(first.batch.shape[1:]):
+                same.append(nxt)
+                size += nxt.batch.shape[0]
+            else:
+                other.append(nxt)
+        return same, other
+
+    def _loop(self) -> None:
+        pending: list[_Item] = []
+        while True:
+            first = pending.pop(0) if pending else self._queue.get()
+            if first is None:
+                return
+            items, rest = self._drain(first)
+            pending.extend(rest)
+            try:
+                probs = self._run(first.loaded, torch.cat([it.batch for it in items]))
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which re-raises it
+                for it in items:
+                    it.future.set_exception(exc)
+                continue
+            start = 0
+            for it in items:
+                k = it.batch.shape[0]
+                it.future.set_result(probs[start : start + k])
+                start += k
+
+    def _run(self, loaded: LoadedCheckpoint, batch: Tensor) -> list[float]:
+        cuda = batch.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and self.precision == "bf16" else nullcontext()
+        with self._lock, torch.inference_mode(), autocast:
+            logits = loaded.detector.backbone(batch).float()
+            probs = torch.softmax(logits, dim=1)[:, FAKE_INDEX].cpu().tolist()
+        self.batches_run += 1
+        self.images_run += batch.shape[0]
+        return [float(p) for p in probs]
