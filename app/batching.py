@@ -81,7 +81,7 @@ class MicroBatcher:
             pending.extend(rest)
             try:
                 probs = self._run(first.loaded, torch.cat([it.batch for it in items]))
-            except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which re-raises it
+            except Exception as exc:
                 for it in items:
                     it.future.set_exception(exc)
                 continue

@@ -18,7 +18,9 @@ def get_app_settings(request: Request) -> Settings:
 def get_detection(request: Request) -> DetectionService:
     service: DetectionService | None = getattr(request.app.state, "detection", None)
     if service is None or len(service.zoo) == 0:
-        raise ServiceUnavailable(f"no detectors are loaded (checkpoints_dir={request.app.state.settings.checkpoints_dir})")
+        raise ServiceUnavailable(
+            f"no detectors are loaded (checkpoints_dir={request.app.state.settings.checkpoints_dir})"
+        )
     return service
 
 

@@ -49,4 +49,6 @@ class DetectionService:
     async def score(self, loaded: LoadedCheckpoint, images: list[Tensor]) -> list[Score]:
         batch = await run_in_threadpool(self.prepare, loaded, images)
         probs = await asyncio.wrap_future(self.batcher.submit(loaded, batch))
-        return [Score(p_fake=p, width=int(x.shape[2]), height=int(x.shape[1])) for p, x in zip(probs, images, strict=True)]
+        return [
+            Score(p_fake=p, width=int(x.shape[2]), height=int(x.shape[1])) for p, x in zip(probs, images, strict=True)
+        ]

@@ -74,8 +74,17 @@ _IMAGE_STATUS: dict[type[ImageError], tuple[int, str]] = {
 }
 
 
-def problem(status: int, title: str, detail: str, request: Request, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": request.url.path, **extra}
+def problem(
+    status: int, title: str, detail: str, request: Request, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -109,4 +118,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), f"{request.method} {request.url.path}: {exc.detail}", request, dict(exc.headers or {}))
+        return problem(
+            exc.status_code,
+            str(exc.detail),
+            f"{request.method} {request.url.path}: {exc.detail}",
+            request,
+            dict(exc.headers or {}),
+        )

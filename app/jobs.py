@@ -6,12 +6,13 @@ Status words are RQ's own (STYLE rule 8).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from redis import Redis
 from rq import Queue, Retry
@@ -71,7 +72,7 @@ def enqueue(
         idem = jobkeys.idempotency_key(idempotency_key)
         claimed = conn.set(idem, f"{job_id} {fingerprint}", nx=True, ex=settings.result_ttl_s)
         if not claimed:
-            existing = (conn.get(idem) or b"").decode()
+            existing = (cast(bytes | None, conn.get(idem)) or b"").decode()
             existing_id, _, existing_fp = existing.partition(" ")
             if existing_fp != fingerprint:
                 raise IdempotencyConflict(
@@ -81,7 +82,9 @@ def enqueue(
                 return Job.fetch(existing_id, connection=conn), False
             except NoSuchJobError:
                 conn.delete(idem)  # the earlier job expired: this request starts afresh
-                return enqueue(conn, settings, func=func, kind=kind, image=image, params=params, idempotency_key=idempotency_key)
+                return enqueue(
+                    conn, settings, func=func, kind=kind, image=image, params=params, idempotency_key=idempotency_key
+                )
     queue = queue_for(conn, settings)
     if queue.count >= settings.max_queue_depth:
         if idempotency_key is not None:
@@ -119,7 +122,7 @@ def fetch(conn: Redis, settings: Settings, job_id: str) -> Job:
 def _aware(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _error_text(job: Job) -> str | None:
@@ -177,8 +180,10 @@ def describe(job: Job, settings: Settings) -> JobInfo:
 def result_png(conn: Redis, job: Job) -> bytes:
     status = job.get_status(refresh=True)
     if status != JobStatus.FINISHED:
-        raise JobNotReady(f"job {job.id} is {status.value if status else 'unknown'}; its image exists once it is finished")
-    data = conn.get(jobkeys.result_png_key(job.id))
+        raise JobNotReady(
+            f"job {job.id} is {status.value if status else 'unknown'}; its image exists once it is finished"
+        )
+    data = cast(bytes | None, conn.get(jobkeys.result_png_key(job.id)))
     if data is None:
         raise JobNotFound(f"the result image of job {job.id} has expired")
     return bytes(data)
@@ -192,14 +197,10 @@ def cancel(conn: Redis, settings: Settings, job: Job) -> str:
     if status == JobStatus.STARTED:
         # The DIP/CW loops poll this key; the worker then marks the job STOPPED (no retry).
         conn.set(jobkeys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
-        try:
+        with contextlib.suppress(InvalidJobOperation):  # between dequeue and start the stop key suffices
             send_stop_job_command(conn, job.id)
-        except InvalidJobOperation:
-            pass  # between dequeue and start: the stop key alone suffices
         return str(status.value)
-    try:
+    with contextlib.suppress(InvalidJobOperation):  # it ended in the meantime
         job.cancel()
-    except InvalidJobOperation:
-        pass  # it ended in the meantime
     conn.set(jobkeys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
     return str((job.get_status(refresh=True) or JobStatus.CANCELED).value)

@@ -27,7 +27,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = resolve_device(settings.device)
         zoo = Zoo.from_directory(settings.checkpoints_dir, device)
         if settings.default_model not in zoo.names() and len(zoo):
-            raise ValueError(f"DFG_DEFAULT_MODEL={settings.default_model!r} is not among the loaded detectors {zoo.names()}")
+            raise ValueError(
+                f"DFG_DEFAULT_MODEL={settings.default_model!r} is not among the loaded detectors {zoo.names()}"
+            )
         log.info("loaded detectors %s on %s", zoo.names(), device)
         app.state.detection = DetectionService(
             zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     # --- detectors ---
     checkpoints_dir: Path = Field(Path("checkpoints"), description="Folder of *.safetensors + *.json detectors.")
     default_model: str = Field("demo-resnet18", description="Detector used when a request names none.")
-    detect_max_batch: int = Field(64, ge=1, le=1024, description="Largest batch /detect merges concurrent requests into.")
+    detect_max_batch: int = Field(
+        64, ge=1, le=1024, description="Largest batch /detect merges concurrent requests into."
+    )
     detect_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="/detect arithmetic on CUDA (bf16: faster; p_fake then differs from fp32 by ~1e-3)."
     )
@@ -46,15 +48,23 @@ class Settings(BaseSettings):
 
     # --- jobs ---
     queue_name: str = Field("deepfake-guard", min_length=1, description="RQ queue for purification and attack jobs.")
-    max_queue_depth: int = Field(100, ge=1, description="Queued jobs above which new jobs (POST /purify, queued /attack) get 503.")
+    max_queue_depth: int = Field(
+        100, ge=1, description="Queued jobs above which new jobs (POST /purify, queued /attack) get 503."
+    )
     retry_after_s: int = Field(30, ge=1, description="Retry-After sent with a 503 when the queue is full.")
     job_timeout_s: int = Field(3600, ge=10, description="Longest a job may run before RQ stops it.")
-    job_retries: int = Field(2, ge=0, le=10, description="Times a failed job is retried (its worker died, or it raised).")
+    job_retries: int = Field(
+        2, ge=0, le=10, description="Times a failed job is retried (its worker died, or it raised)."
+    )
     result_ttl_s: int = Field(86_400, ge=60, description="How long finished jobs and their results are kept.")
     failure_ttl_s: int = Field(7 * 86_400, ge=60, description="How long failed or stopped jobs are kept.")
-    heartbeat_s: int = Field(5, ge=1, le=60, description="Worker heartbeat period; a dead worker's job is retried after ~3 of these.")
+    heartbeat_s: int = Field(
+        5, ge=1, le=60, description="Worker heartbeat period; a dead worker's job is retried after ~3 of these."
+    )
     purify_max_side: int = Field(
-        512, ge=32, description="DIP works on images scaled to fit this side (as the paper's 512 x 512), then scales back."
+        512,
+        ge=32,
+        description="DIP works on images scaled to fit this side (as the paper's 512 x 512), then scales back.",
     )
     max_dip_iterations: int = Field(20_000, ge=1, description="Largest max_iterations a DIP request may ask for.")
     cw_sync_max_steps: int = Field(

@@ -12,7 +12,10 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("deepfake_guard.commands.serve", "run the API (with a bundled Redis and worker unless a Redis URL is set)"),
+    "serve": (
+        "deepfake_guard.commands.serve",
+        "run the API (with a bundled Redis and worker unless a Redis URL is set)",
+    ),
     "worker": ("deepfake_guard.commands.worker", "run an RQ worker that executes purification and attack jobs"),
     "make-demo-data": ("deepfake_guard.commands.make_demo_data", "write the offline demo ImageFolder dataset"),
     "train": ("deepfake_guard.commands.train", "train a detector on an ImageFolder and write a checkpoint"),
@@ -22,7 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:  # type: ignore[type-arg]
-    parser = argparse.ArgumentParser(prog="deepfake-guard", description="Detect, red-team and defend deepfake detectors.")
+    parser = argparse.ArgumentParser(
+        prog="deepfake-guard", description="Detect, red-team and defend deepfake detectors."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     return parser, sub
 

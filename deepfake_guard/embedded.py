@@ -60,7 +60,9 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}")
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
+                )
             try:
                 if self.socket.exists() and Redis.from_url(self.url).ping():
                     log.info("embedded Redis ready at %s", self.url)

@@ -114,7 +114,9 @@ def _describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[s
     return "; ".join(parts)
 
 
-def load(path: str | Path, *, architecture: str | None = None, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load(
+    path: str | Path, *, architecture: str | None = None, map_location: str | torch.device = "cpu"
+) -> LoadedCheckpoint:
     """Load a checkpoint into the architecture its metadata names (or ``architecture`` if given).
 
     Raises ``CheckpointError`` naming what does not match when the weights do not fit.
@@ -155,9 +157,7 @@ def load(path: str | Path, *, architecture: str | None = None, map_location: str
         backbone, input_size=meta.input_size, mean=meta.mean, std=meta.std, class_names=meta.class_names
     )
     detector.eval().to(map_location)
-    return LoadedCheckpoint(
-        name=weights.stem, detector=detector, meta=meta, sha256=sha256_file(weights), path=weights
-    )
+    return LoadedCheckpoint(name=weights.stem, detector=detector, meta=meta, sha256=sha256_file(weights), path=weights)
 
 
 def discover(directory: str | Path) -> list[Path]:

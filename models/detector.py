@@ -70,7 +70,8 @@ class Detector(nn.Module):
             raise ValueError(f"expected images N x 3 x H x W, got shape {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return (x - mean) / std
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(self.preprocess(x))

@@ -7,6 +7,7 @@ names the problem; the API maps them to 4xx answers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -16,7 +17,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-ACCEPTED_FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp", "MPO": "image/jpeg"}
+ACCEPTED_FORMATS: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "MPO": "image/jpeg",
+}
 
 
 class ImageError(ValueError):
@@ -93,11 +100,11 @@ def decode_image(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 40
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"the image is corrupt or truncated ({exc})") from exc
-    try:
-        im = ImageOps.exif_transpose(im)
-    except (OSError, ValueError, SyntaxError):
-        pass  # a malformed EXIF block is not a reason to refuse the pixels
-    arr = _to_array(im)
+    # A malformed EXIF block is not a reason to refuse the pixels.
+    upright: Image.Image = im
+    with contextlib.suppress(OSError, ValueError, SyntaxError):
+        upright = ImageOps.exif_transpose(im)
+    arr = _to_array(upright)
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 

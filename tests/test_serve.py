@@ -33,7 +33,9 @@ def test_serve_embedded_default_detects_and_runs_jobs(processes: Processes) -> N
         assert det["model"]["name"] == "demo-resnet18" and len(det["model"]["sha256"]) == 64
         assert det["results"][0]["label"] in {"fake", "real"}
 
-        job_id = httpx.post(f"{base}/purify", files={"file": ("g.png", png)}, data={"method": "median"}, timeout=30).json()["id"]
+        job_id = httpx.post(
+            f"{base}/purify", files={"file": ("g.png", png)}, data={"method": "median"}, timeout=30
+        ).json()["id"]
         info = wait_for(lambda: _finished(base, job_id), 60, "the embedded worker to finish the job")
         assert set(info["result"]["detectors"]) == {"demo-resnet18", "demo-vgg16"}
 

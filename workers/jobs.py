@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ def _current_job() -> Job:
 
 
 def _load_input(rt: runtime.Runtime, key: str) -> torch.Tensor:
-    data = rt.conn.get(key)
+    data = cast(bytes | None, rt.conn.get(key))
     if data is None:
         raise LookupError(f"the input image {key} has expired or was never stored")
     return decode_image(bytes(data), max_bytes=len(data) or 1, max_pixels=rt.settings.max_pixels)
@@ -97,7 +97,10 @@ def _scores(rt: runtime.Runtime, before: torch.Tensor, after: torch.Tensor) -> d
     out: dict[str, dict[str, Any]] = {}
     for loaded in rt.zoo:
         det = loaded.detector
-        pb, pa = det.p_fake(before.unsqueeze(0).to(rt.zoo.device)).item(), det.p_fake(after.unsqueeze(0).to(rt.zoo.device)).item()
+        pb, pa = (
+            det.p_fake(before.unsqueeze(0).to(rt.zoo.device)).item(),
+            det.p_fake(after.unsqueeze(0).to(rt.zoo.device)).item(),
+        )
         out[loaded.name] = {
             "sha256": loaded.sha256,
             "p_fake_before": pb,
@@ -138,7 +141,9 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     )
     purified = result.image[0].float().cpu()
     if tuple(purified.shape[-2:]) != (h, w):
-        purified = F.interpolate(purified.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        purified = F.interpolate(purified.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False)[0].clamp(
+            0, 1
+        )
     png = encode_png(purified)
     rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
     delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)

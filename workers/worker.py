@@ -65,7 +65,9 @@ def build_worker(settings: Settings, conn: Redis, zoo: Zoo) -> GuardWorker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deepfake-guard worker", description="Run an RQ worker for deepfake-guard jobs.")
+    parser = argparse.ArgumentParser(
+        prog="deepfake-guard worker", description="Run an RQ worker for deepfake-guard jobs."
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -23,8 +23,15 @@ from models.images import encode_png
 router = APIRouter(tags=["attacks"])
 
 
-def _run_sync(service: DetectionService, x: Tensor, method: str, target: str, source: str | None,
-              params: dict[str, Any], save_format: str) -> dict[str, Any]:
+def _run_sync(
+    service: DetectionService,
+    x: Tensor,
+    method: str,
+    target: str,
+    source: str | None,
+    params: dict[str, Any],
+    save_format: str,
+) -> dict[str, Any]:
     tgt = service.model(target)
     src = service.model(source) if source and source != target else None
     with service.lock:
@@ -58,18 +65,24 @@ async def attack(
     file: Annotated[UploadFile, File(description="The image to perturb.")],
     method: Annotated[Literal["fgsm", "pgd", "cw_l2"], Form()] = "fgsm",
     target: Annotated[str | None, Form(description="Detector under attack (default model if unset).")] = None,
-    source: Annotated[str | None, Form(description="Detector the attack is crafted on; differs from target = black-box.")] = None,
+    source: Annotated[
+        str | None, Form(description="Detector the attack is crafted on; differs from target = black-box.")
+    ] = None,
     eps: Annotated[float | None, Form(gt=0, le=1, description="L-inf budget in [0,1] pixel units (fgsm, pgd).")] = None,
     steps: Annotated[int | None, Form(ge=1, le=10_000, description="PGD steps.")] = None,
     step_size: Annotated[float | None, Form(gt=0, le=1, description="PGD step size.")] = None,
     preset: Annotated[Literal["paper", "default"] | None, Form(description="CW-L2 preset.")] = None,
     search_steps: Annotated[int | None, Form(ge=1, le=20, description="CW-L2 binary-search steps over c.")] = None,
-    max_iterations: Annotated[int | None, Form(ge=1, le=100_000, description="CW-L2 Adam steps per search step.")] = None,
+    max_iterations: Annotated[
+        int | None, Form(ge=1, le=100_000, description="CW-L2 Adam steps per search step.")
+    ] = None,
     kappa: Annotated[float | None, Form(ge=0, description="CW-L2 confidence margin on logits.")] = None,
     c: Annotated[float | None, Form(gt=0, description="CW-L2 initial trade-off constant c (binary-searched).")] = None,
     c_max: Annotated[float | None, Form(gt=0, description="CW-L2 largest c the search may reach.")] = None,
     lr: Annotated[float | None, Form(gt=0, le=10, description="CW-L2 Adam learning rate.")] = None,
-    targeted: Annotated[bool, Form(description="Push towards the other class instead of away from the current one.")] = False,
+    targeted: Annotated[
+        bool, Form(description="Push towards the other class instead of away from the current one.")
+    ] = False,
     save_format: Annotated[Literal["png", "jpeg75"], Form(description="Judge success after saving as this.")] = "png",
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
     settings: Settings = Depends(get_app_settings),

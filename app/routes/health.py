@@ -29,4 +29,6 @@ def readyz(request: Request) -> Readiness:
         workers = Worker.count(queue=queue_for(state.redis, state.settings))
     except RedisError as exc:
         raise ServiceUnavailable(f"Redis is not reachable: {exc}") from exc
-    return Readiness(status="ready", models=detection.zoo.names(), device=str(detection.zoo.device), redis="ok", workers=workers)
+    return Readiness(
+        status="ready", models=detection.zoo.names(), device=str(detection.zoo.device), redis="ok", workers=workers
+    )

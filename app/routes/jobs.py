@@ -47,8 +47,16 @@ async def purify(
         raise InvalidParameter(f"max_iterations={max_iterations} exceeds the limit of {settings.max_dip_iterations}")
     if kernel_size is not None and kernel_size % 2 == 0:
         raise InvalidParameter(f"kernel_size must be odd, got {kernel_size}")
-    given = {"max_iterations": max_iterations, "stop": stop, "quality": quality, "kernel_size": kernel_size, "bits": bits}
-    allowed = {"dip": {"max_iterations", "stop"}, "jpeg": {"quality"}, "median": {"kernel_size"}, "bitdepth": {"bits"}}[method]
+    given = {
+        "max_iterations": max_iterations,
+        "stop": stop,
+        "quality": quality,
+        "kernel_size": kernel_size,
+        "bits": bits,
+    }
+    allowed = {"dip": {"max_iterations", "stop"}, "jpeg": {"quality"}, "median": {"kernel_size"}, "bitdepth": {"bits"}}[
+        method
+    ]
     stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
     if stray:
         raise InvalidParameter(f"parameters {stray} do not apply to method={method!r} (it takes {sorted(allowed)})")
@@ -57,7 +65,13 @@ async def purify(
     if method == "dip":
         params.update(preset=preset, seed=seed)
     job, created = jobs.enqueue(
-        conn, settings, func=jobkeys.PURIFY_FUNC, kind="purify", image=data, params=params, idempotency_key=idempotency_key
+        conn,
+        settings,
+        func=jobkeys.PURIFY_FUNC,
+        kind="purify",
+        image=data,
+        params=params,
+        idempotency_key=idempotency_key,
     )
     return accepted(job.id, str(job.get_status(refresh=False).value), response, created)
 
@@ -73,7 +87,9 @@ def get_job(job_id: str, settings: Settings = Depends(get_app_settings), conn: R
     responses={200: {"content": {"image/png": {}}}},
     summary="The job's output image (PNG)",
 )
-def get_result(job_id: str, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)) -> Response:
+def get_result(
+    job_id: str, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
+) -> Response:
     job = jobs.fetch(conn, settings, job_id)
     return Response(jobs.result_png(conn, job), media_type="image/png")
 

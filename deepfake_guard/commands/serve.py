@@ -10,7 +10,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     parser.add_argument("--host", default=None, help="bind address (default: DFG_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: DFG_PORT or 8000)")
-    parser.add_argument("--workers", type=int, default=None, help="embedded mode: worker processes (default: DFG_EMBEDDED_WORKERS)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="embedded mode: worker processes (default: DFG_EMBEDDED_WORKERS)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from deepfake_guard.embedded import EmbeddedRedis, WorkerSupervisor
 
     settings = get_settings()
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "embedded_workers": args.workers}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"host": args.host, "port": args.port, "embedded_workers": args.workers}.items()
+        if v is not None
+    }
     settings = settings.model_copy(update=overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redis: EmbeddedRedis | None = None
@@ -29,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if settings.redis_url is None:
         redis = EmbeddedRedis(settings.embedded_redis_dir).start()
         settings = settings.model_copy(update={"redis_url": redis.url})
-        env = {"DFG_REDIS_URL": redis.url, "DFG_CHECKPOINTS_DIR": str(settings.checkpoints_dir.resolve()), "DFG_DEVICE": settings.device}
+        env = {
+            "DFG_REDIS_URL": redis.url,
+            "DFG_CHECKPOINTS_DIR": str(settings.checkpoints_dir.resolve()),
+            "DFG_DEVICE": settings.device,
+        }
         supervisor = WorkerSupervisor(settings.embedded_workers, env).start()
         logging.getLogger("deepfake_guard").info(
             "embedded mode: Redis at %s, %d worker(s)", redis.url, settings.embedded_workers

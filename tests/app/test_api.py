@@ -39,7 +39,9 @@ def assert_problem(resp, status: int, needle: str) -> None:  # type: ignore[no-u
 
 
 def test_detect_returns_p_fake_label_model_and_sha256(client: TestClient, tiny_checkpoints: Path) -> None:
-    resp = client.post("/detect", files=[("file", ("a.png", png(), "image/png")), ("file", ("b.jpg", files.cmyk_jpeg(), "image/jpeg"))])
+    resp = client.post(
+        "/detect", files=[("file", ("a.png", png(), "image/png")), ("file", ("b.jpg", files.cmyk_jpeg(), "image/jpeg"))]
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert len(body["results"]) == 2

@@ -33,10 +33,22 @@ def image() -> bytes:
     ],
 )
 def test_attack_result_is_consistent_with_detect(client: TestClient, data: dict[str, str], save_format: str) -> None:
-    resp = client.post("/attack", files={"file": ("g.png", image())}, data={**data, "target": "tiny-vgg", "save_format": save_format})
+    resp = client.post(
+        "/attack", files={"file": ("g.png", image())}, data={**data, "target": "tiny-vgg", "save_format": save_format}
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    for key in ("p_fake_before", "p_fake_after", "l2", "linf", "psnr", "iterations", "success", "adversarial", "perturbation"):
+    for key in (
+        "p_fake_before",
+        "p_fake_after",
+        "l2",
+        "linf",
+        "psnr",
+        "iterations",
+        "success",
+        "adversarial",
+        "perturbation",
+    ):
         assert key in body, key
     assert body["target"]["name"] == "tiny-vgg" and body["source"]["name"] == "tiny-vgg"
     if data["method"] != "cw_l2":

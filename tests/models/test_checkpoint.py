@@ -15,8 +15,8 @@ from tests.conftest import make_tiny_checkpoint
 def test_roundtrip_gives_identical_outputs_and_reports_sha256(tmp_path: Path) -> None:
     torch.manual_seed(3)
     det = registry.get("vgg16_slim").build(input_size=(32, 32)).eval()
-    det.mean.fill_(0.5)
-    det.std.fill_(0.25)
+    det.get_buffer("mean").fill_(0.5)
+    det.get_buffer("std").fill_(0.25)
     meta = CheckpointMeta(architecture="vgg16_slim", input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                           provenance={"seed": 3}, metrics={"accuracy": 0.5})  # fmt: skip
     digest = checkpoint.save(det, tmp_path / "m", meta)
@@ -32,7 +32,9 @@ def test_roundtrip_gives_identical_outputs_and_reports_sha256(tmp_path: Path) ->
 
 def test_wrong_architecture_names_the_mismatch(tmp_path: Path) -> None:
     make_tiny_checkpoint(tmp_path, "r", arch="resnet18")
-    with pytest.raises(CheckpointError, match=r"trained as 'resnet18'.*does not fit architecture 'vgg16_slim'.*missing"):
+    with pytest.raises(
+        CheckpointError, match=r"trained as 'resnet18'.*does not fit architecture 'vgg16_slim'.*missing"
+    ):
         checkpoint.load(tmp_path / "r", architecture="vgg16_slim")
 
 

@@ -29,7 +29,7 @@ def test_png_roundtrip_is_exact_for_8bit_values() -> None:
 def test_accepted_formats_decode_to_rgb_in_unit_range(fmt: str) -> None:
     x = decode_image(files.encode(files.gradient_rgb(), fmt))
     assert x.shape == (3, 30, 40)
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert float(x[0, :, -1].mean()) > 0.8  # red grows left to right
 
 
@@ -44,12 +44,12 @@ def test_zero_bytes_is_empty() -> None:
 
 
 def test_truncated_jpeg_is_invalid() -> None:
-    with pytest.raises(InvalidImage, match="truncated|corrupt"):
+    with pytest.raises(InvalidImage, match=r"truncated|corrupt"):
         decode_image(files.truncated_jpeg())
 
 
 def test_pixel_bomb_is_refused_from_the_header() -> None:
-    with pytest.raises(ImageTooLarge, match="50000 x 50000|pixel limit"):
+    with pytest.raises(ImageTooLarge, match=r"50000 x 50000|pixel limit"):
         decode_image(files.png_bomb_header(), max_pixels=40_000_000)
 
 

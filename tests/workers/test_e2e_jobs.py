@@ -65,7 +65,9 @@ def test_purify_job_finishes_with_png_and_scores(processes: Processes, redis_url
     assert Image.open(io.BytesIO(png.content)).size == (48, 40)
 
 
-def test_delete_stops_a_running_job_within_seconds(processes: Processes, redis_url: str, tiny_checkpoints: Path) -> None:
+def test_delete_stops_a_running_job_within_seconds(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
     env = service_env(redis_url, tiny_checkpoints)
     base = processes.api(env)
     processes.worker(env)
@@ -83,7 +85,9 @@ def test_delete_stops_a_running_job_within_seconds(processes: Processes, redis_u
     assert poll_until(base, other, {"finished", "failed"}, 60)[0]["status"] == "finished"
 
 
-def test_sigkilled_worker_job_is_retried_by_a_fresh_worker(processes: Processes, redis_url: str, tiny_checkpoints: Path) -> None:
+def test_sigkilled_worker_job_is_retried_by_a_fresh_worker(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
     env = service_env(redis_url, tiny_checkpoints, DFG_HEARTBEAT_S="1")
     base = processes.api(env)
     worker = processes.worker(env)
@@ -121,13 +125,21 @@ def test_queued_cw_attack_finishes_and_its_image_matches_detect(
     base = processes.api(env)
     processes.worker(env)
     png = files.encode(files.gradient_rgb(48, 40), "PNG")
-    data = {"method": "cw_l2", "search_steps": "2", "max_iterations": "20", "target": "tiny-vgg", "source": "tiny-resnet"}
+    data = {
+        "method": "cw_l2",
+        "search_steps": "2",
+        "max_iterations": "20",
+        "target": "tiny-vgg",
+        "source": "tiny-resnet",
+    }
     resp = httpx.post(f"{base}/attack", files={"file": ("g.png", png)}, data=data, timeout=30)
     assert resp.status_code == 202, resp.text
-    info, seen = poll_until(base, resp.json()["id"], {"finished", "failed"}, 180)
+    info, _ = poll_until(base, resp.json()["id"], {"finished", "failed"}, 180)
     assert info["status"] == "finished", info
     result = info["result"]
     assert result["target"]["name"] == "tiny-vgg" and result["source"]["name"] == "tiny-resnet"
     adv = httpx.get(f"{base}{info['result_url']}", timeout=30).content
-    check = httpx.post(f"{base}/detect", files={"file": ("adv.png", adv)}, data={"model": "tiny-vgg"}, timeout=30).json()
+    check = httpx.post(
+        f"{base}/detect", files={"file": ("adv.png", adv)}, data={"model": "tiny-vgg"}, timeout=30
+    ).json()
     assert check["results"][0]["p_fake"] == pytest.approx(result["p_fake_after"], abs=1e-4)
