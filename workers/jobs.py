@@ -8,7 +8,6 @@ returns a JSON-able dict.
 from __future__ import annotations
 
 import base64
-import math
 import time
 from typing import Any, cast
 
@@ -192,7 +191,7 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     adv = report.adv.float().cpu()
     # The delivered image, losslessly: for jpeg75 these are the decoded JPEG pixels success was judged on.
     rt.conn.set(jobkeys.result_png_key(job.id), encode_png(adv), ex=rt.settings.result_ttl_s)
-    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.metrics().items()}
+    metrics = report.metrics()
     metrics["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
     metrics["target"] = {"name": target.name, "sha256": target.sha256}
     metrics["source"] = {"name": (source or target).name, "sha256": (source or target).sha256}

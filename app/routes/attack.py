@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import base64
-import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
@@ -40,7 +39,7 @@ def _run_sync(
             source=src.detector if src else None, params=params, save_format=save_format,
         )[0]  # fmt: skip
     adv = report.adv.float().cpu()
-    body = {k: _finite(v) for k, v in report.metrics().items()}
+    body = report.metrics()
     body["target"] = {"name": tgt.name, "sha256": tgt.sha256}
     body["source"] = {"name": (src or tgt).name, "sha256": (src or tgt).sha256}
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
@@ -48,11 +47,6 @@ def _run_sync(
     body["adversarial_media_type"] = "image/jpeg" if save_format == "jpeg75" else "image/png"
     body["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
     return body
-
-
-def _finite(v: Any) -> Any:
-    """JSON has no infinity: an unchanged image's PSNR (inf) is reported as null."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 @router.post(

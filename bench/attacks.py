@@ -1,0 +1,193 @@
+"""Time the attacks: images per second, batched vs a batch-1 loop vs torchattacks, side by side in one run.
+
+Runs with torch alone (CPU or CUDA); torchattacks is optional (its column is skipped when absent). Uses the
+demo detectors from ``--checkpoints`` when present, else a randomly initialised ResNet-18 at ``--size`` px.
+CW-L2 runs a fixed budget (one search step, ``--cw-iters`` iterations, no early abort) so every column does
+the same work; torchattacks.CW gets the same step count.
+
+    python bench/attacks.py                                  # CPU: batch 16, CW 100 iterations
+    python bench/attacks.py --device cuda --batch 32 --cw-iters 1000 --json out/bench-attacks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import checkpoint, registry
+from models.attacks import cw_l2, fgsm, pgd
+
+try:
+    import torchattacks
+except ImportError:  # optional peer column
+    torchattacks = None
+
+EPS, PGD_STEPS, PGD_STEP_SIZE = 0.02, 10, 0.005
+Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ours(name: str, cw_iters: int) -> Attack:
+    if name == "fgsm":
+        return lambda m, x, y: fgsm(m, x, y, eps=EPS)
+    if name == "pgd":
+        return lambda m, x, y: pgd(m, x, y, eps=EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE)
+    budget: dict[str, Any] = dict(
+        kappa=0.0, c_init=1.0, search_steps=1, max_iterations=cw_iters, lr=0.01, abort_early=False
+    )
+    return lambda m, x, y: cw_l2(m, x, y, **budget).adv
+
+
+def theirs(name: str, model: nn.Module, cw_iters: int) -> Attack | None:
+    if torchattacks is None:
+        return None
+    if name == "fgsm":
+        attack = torchattacks.FGSM(model, eps=EPS)
+    elif name == "pgd":
+        attack = torchattacks.PGD(model, eps=EPS, alpha=PGD_STEP_SIZE, steps=PGD_STEPS, random_start=True)
+    else:
+        attack = torchattacks.CW(model, c=1.0, kappa=0, steps=cw_iters, lr=0.01)
+    return lambda m, x, y: attack(x, y)  # type: ignore[no-any-return]
+
+
+def seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Best of ``repeats`` wall-clock runs, with CUDA synchronised around each."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def detectors(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
+    found = {}
+    for name in ("demo-resnet18", "demo-vgg16"):
+        path = Path(args.checkpoints) / f"{name}.safetensors"
+        if path.exists():
+            found[name] = checkpoint.load(path, map_location=device).detector
+    if not found:
+        size = (args.size, args.size)
+        found[f"resnet18@{args.size}px (random init)"] = registry.get("resnet18").build(input_size=size).to(device)
+    return {k: m.eval() for k, m in found.items()}
+
+
+def bench_attack(
+    name: str, label: str, model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    repeats = 1 if name == "cw_l2" else args.repeats
+    loop_n = min(args.loop_images, len(x))
+    attack = ours(name, args.cw_iters)
+    attack(model, x[:2], y[:2])  # warm-up (allocations, cuDNN autotune, lazy imports)
+
+    def one_by_one() -> None:
+        for i in range(loop_n):
+            attack(model, x[i : i + 1], y[i : i + 1])
+
+    batched = seconds(lambda: attack(model, x, y), device, repeats)
+    row: dict[str, Any] = {
+        "model": label,
+        "attack": name if name != "pgd" else f"pgd-{PGD_STEPS}",
+        "iterations": {"fgsm": 1, "pgd": PGD_STEPS, "cw_l2": args.cw_iters}[name],
+        "batch": len(x),
+        "ours_batched_img_s": len(x) / batched,
+        "ours_loop_img_s": loop_n / seconds(one_by_one, device, repeats),
+        "torchattacks_img_s": None,
+        "ours_over_torchattacks": None,
+    }
+    row["batched_over_loop"] = row["ours_batched_img_s"] / row["ours_loop_img_s"]
+    peer = theirs(name, model, args.cw_iters)
+    if peer is not None:
+        peer(model, x[:2], y[:2])
+        row["torchattacks_img_s"] = len(x) / seconds(lambda: peer(model, x, y), device, repeats)
+        row["ours_over_torchattacks"] = row["ours_batched_img_s"] / row["torchattacks_img_s"]
+    return row
+
+
+def bench_model(label: str, model: nn.Module, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    rows = []
+    for name in ("fgsm", "pgd", "cw_l2"):
+        rows.append(bench_attack(name, label, model, x, y, args, device))
+        print(_format(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (
+    f"{'model':<28} {'attack':<7} {'iters':>5} {'batched':>9} {'batch-1':>9} {'t.attacks':>9} "
+    f"{'batch/loop':>10} {'ours/t.a.':>9}   (images/s)"
+)
+
+
+def _format(row: dict[str, Any]) -> str:
+    def num(v: float | None, fmt: str) -> str:
+        return format(v, fmt) if v is not None else "-"
+
+    return (
+        f"{row['model']:<28} {row['attack']:<7} {row['iterations']:>5} {num(row['ours_batched_img_s'], '9.1f')} "
+        f"{num(row['ours_loop_img_s'], '9.1f')} {num(row['torchattacks_img_s'], '>9.1f')} "
+        f"{num(row['batched_over_loop'], '>9.2f')}x {num(row['ours_over_torchattacks'], '>8.2f')}x"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch", type=int, default=16, help="batch size of the batched runs")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--cw-iters", type=int, default=None, help="CW iterations (default 100 CPU, 1000 CUDA)")
+    parser.add_argument("--loop-images", type=int, default=None, help="images in the batch-1 loop (default 4 / 16)")
+    parser.add_argument("--repeats", type=int, default=3, help="FGSM/PGD timings keep the best of this many")
+    parser.add_argument("--checkpoints", default="checkpoints", help="folder holding the demo detectors")
+    parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    args = parser.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    args.cw_iters = args.cw_iters or (1000 if on_gpu else 100)
+    args.loop_images = args.loop_images or (16 if on_gpu else 4)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+
+    info = {
+        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torchattacks": getattr(torchattacks, "__version__", None),
+    }
+    print(f"# {info}", flush=True)
+    print(HEADER, flush=True)
+    rows = []
+    for label, model in detectors(args, device).items():
+        rows += bench_model(label, model, args, device)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        config.update(eps=EPS, pgd_steps=PGD_STEPS, pgd_step_size=PGD_STEP_SIZE)
+        args.json.write_text(json.dumps({**info, "config": config, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

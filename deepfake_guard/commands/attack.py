@@ -1,0 +1,148 @@
+"""``deepfake-guard attack PATH -o OUTDIR``: attack a detector on an image or a folder of images.
+
+Writes each delivered adversarial image (the exact PNG or JPEG that was judged) under OUTDIR, mirroring
+the input folder, and ``metrics.csv`` with one row per image (see docs/ATTACKS.md for the semantics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+CSV_COLUMNS = [
+    "file", "target", "source", "method", "save_format", "label_before", "label_after", "success",
+    "p_fake_before", "p_fake_after", "source_p_fake_before", "source_p_fake_after", "l2", "linf", "psnr",
+    "iterations",
+]  # fmt: skip
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("attack", help="attack a detector on an image or a folder of images")
+    p.add_argument("path", type=Path, help="an image, or a folder searched recursively for images")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for adversarial images and metrics.csv")
+    p.add_argument("--target", default="demo-resnet18", help="checkpoint name of the detector to fool")
+    p.add_argument("--source", default=None, help="craft on this checkpoint instead (black-box transfer)")
+    p.add_argument("--method", choices=("fgsm", "pgd", "cw_l2"), default="fgsm")
+    p.add_argument("--eps", type=float, default=0.02, help="L-inf budget in pixel units (fgsm, pgd)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step (default eps / 4)")
+    p.add_argument("--preset", choices=("paper", "default"), default="default", help="CW-L2 preset")
+    p.add_argument("--max-iterations", type=int, default=None, help="CW-L2 iterations per search step")
+    p.add_argument("--save-format", choices=("png", "jpeg75"), default="png", help="what is delivered and judged")
+    p.add_argument("--label", choices=("fake", "real"), default=None, help="true label of every image "
+                   "(default: attack the detector's own verdict)")  # fmt: skip
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder holding the checkpoints")
+    p.add_argument("--batch", type=int, default=8, help="images attacked together (same size only)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seeds the PGD and CW random starts")
+    p.add_argument("--perturbation", action="store_true", help="also write amplified perturbation pictures")
+
+
+def find_images(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither an image file nor a folder")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def attack_params(args: argparse.Namespace) -> dict[str, Any]:
+    if args.method == "fgsm":
+        return {"eps": args.eps}
+    if args.method == "pgd":
+        return {"eps": args.eps, "steps": args.steps, "step_size": args.step_size or args.eps / 4}
+    params: dict[str, Any] = {"preset": args.preset}
+    if args.max_iterations is not None:
+        params["max_iterations"] = args.max_iterations
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from models import checkpoint
+    from models.attacks.report import attack_and_measure, perturbation_picture, resolve_params
+    from models.detector import CLASS_NAMES
+    from models.images import ImageError, load_image_file, save_png
+    from models.progress import Progress
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        files = find_images(args.path)
+        params = attack_params(args)
+        resolve_params(args.method, params)  # fail before loading anything
+        target = checkpoint.load(args.checkpoints / args.target, map_location=device).detector
+        source = checkpoint.load(args.checkpoints / args.source, map_location=device).detector if args.source else None
+    except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
+        print(f"error: {exc}")
+        return 2
+    if not files:
+        print(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {args.path}")
+        return 2
+    root = args.path if args.path.is_dir() else args.path.parent
+    suffix = ".png" if args.save_format == "png" else ".jpg"
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    label = None if args.label is None else CLASS_NAMES.index(args.label)
+
+    bar = tqdm(total=len(files), desc=f"{args.method} on {args.target}", unit="img", dynamic_ncols=True)
+
+    def on_progress(p: Progress) -> None:
+        bar.set_postfix(step=f"{p.iteration}/{p.max_iterations}", loss=f"{p.loss:.3g}")
+
+    rows: list[dict[str, Any]] = []
+    for batch_files, x in _batches(files, args.batch, load_image_file, ImageError, bar):
+        x = x.to(device)
+        y = None if label is None else torch.full((len(x),), label, dtype=torch.long, device=device)
+        reports = attack_and_measure(
+            args.method, target, x, source=source, params=params, save_format=args.save_format, y=y,
+            progress=on_progress, generator=generator,
+        )  # fmt: skip
+        for file, x_i, report in zip(batch_files, x, reports, strict=True):
+            out = (args.output / file.relative_to(root)).with_suffix(suffix)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(report.encoded)
+            if args.perturbation:
+                save_png(perturbation_picture(x_i.cpu(), report.adv), out.with_name(f"{out.stem}.perturbation.png"))
+            rows.append({"file": str(file.relative_to(root)), "target": args.target, "source": args.source or "",
+                         **report.metrics()})  # fmt: skip
+        bar.update(len(batch_files))
+    bar.close()
+    skipped = len(files) - len(rows)
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    with (args.output / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in rows)
+    fooled = sum(bool(r["success"]) for r in rows)
+    print(
+        f"fooled {args.target} on {fooled}/{len(rows)} images ({args.method}, delivered as {args.save_format}"
+        f"{', crafted on ' + args.source if args.source else ''}); wrote {args.output / 'metrics.csv'}"
+        + (f"; skipped {skipped} unreadable" if skipped else "")
+    )
+    return 0
+
+
+def _batches(files: list[Path], size: int, load: Any, error: type[Exception], bar: Any) -> Iterator[tuple[list, Any]]:
+    """Consecutive readable images of one size, up to ``size`` at a time (images of any size are accepted)."""
+    import torch
+
+    pending: list[tuple[Path, Any]] = []
+    for file in files:
+        try:
+            image = load(file)
+        except (OSError, error) as exc:
+            bar.write(f"skipping {file}: {exc}")
+            bar.update(1)
+            continue
+        if pending and (len(pending) == size or pending[0][1].shape != image.shape):
+            yield [p for p, _ in pending], torch.stack([t for _, t in pending])
+            pending = []
+        pending.append((file, image))
+    if pending:
+        yield [p for p, _ in pending], torch.stack([t for _, t in pending])

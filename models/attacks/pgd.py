@@ -1,0 +1,43 @@
+"""L-inf Projected Gradient Descent (Madry et al. 2018); with ``random_start=False`` it is I-FGSM
+(Kurakin et al. 2017). Gandhi & Jain used single-step FGSM; PGD is the stronger iterative baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.attacks._common import check_batch, check_int, check_number, eval_mode, input_gradient
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    random_start: bool = True,
+    targeted: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``steps`` signed-gradient steps of ``step_size``, each projected onto the eps-ball around ``x``
+    and onto [0, 1]. A random start draws uniformly from the eps-ball (``generator`` makes it reproducible)."""
+    check_number("eps", eps, low=0.0, high=1.0)
+    check_int("steps", steps, low=1)
+    check_number("step_size", step_size, low=0.0, high=1.0, low_open=True)
+    check_batch(x, y)
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    lower, upper = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+    adv = x.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
+    sign = -1.0 if targeted else 1.0
+    with eval_mode(model):
+        for _ in range(steps):
+            grad = input_gradient(model, adv, y)
+            adv = torch.min(torch.max(adv + sign * step_size * grad.sign(), lower), upper)
+    return adv
