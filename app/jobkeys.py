@@ -23,3 +23,13 @@ def idempotency_key(key: str) -> str:
 
 PURIFY_FUNC = "workers.jobs.purify"
 ATTACK_FUNC = "workers.jobs.attack"
+
+
+def claim_key(job_id: str) -> str:
+    """A queued DIP job taken into another job's batch; expires if that worker dies."""
+    return f"{PREFIX}:claim:{job_id}"
+
+
+def batched_result_key(job_id: str, part: str) -> str:
+    """Output a batch leader left for a claimed job: part is "json" or "png"."""
+    return f"{PREFIX}:batched:{job_id}:{part}"

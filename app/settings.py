@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         ge=32,
         description="DIP works on images scaled to fit this side (as the paper's 512 x 512), then scales back.",
     )
+    dip_batch_max: int = Field(
+        8, ge=1, le=64, description="A DIP job also purifies up to this many - 1 compatible queued jobs in one batch."
+    )
     max_dip_iterations: int = Field(20_000, ge=1, description="Largest max_iterations a DIP request may ask for.")
     cw_sync_max_steps: int = Field(
         1000,

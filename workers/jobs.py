@@ -19,7 +19,7 @@ from rq.job import Job
 from app import jobkeys
 from models.images import decode_image, encode_png
 from models.progress import Progress, ProgressFn, StopFn
-from workers import runtime
+from workers import batching, runtime
 
 PROGRESS_EVERY_S = 0.5
 STOP_POLL_S = 0.5
@@ -119,52 +119,75 @@ def _fit_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
     return F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
+def _finish(rt: runtime.Runtime, x: torch.Tensor, purified: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+    """Resize back to the upload's size, encode the PNG, and score before/after on every detector."""
+    h, w = x.shape[-2:]
+    purified = purified.float().cpu()
+    if tuple(purified.shape[-2:]) != (h, w):
+        purified = F.interpolate(purified[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    png = encode_png(purified)
+    delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)
+    return png, {"width": w, "height": h, "detectors": _scores(rt, x, delivered)}
+
+
 def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from models.purify import PURIFIERS
 
     rt, job = runtime.get(), _current_job()
     _begin(rt, job)
-    x = _load_input(rt, input_key)
-    h, w = x.shape[-2:]
+    should_stop = _stop_check(rt, job)
+    published = batching.collect(rt, job, should_stop)
+    if published is not None:  # another job's batch purified this one
+        result, png = published
+        rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
+        return result
+
+    def prepare(key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _load_input(rt, key)
+        # DIP cost grows with pixels; like the paper (512 x 512) it works at a bounded size and the
+        # result is resized back to the upload's resolution.
+        return x, (_fit_side(x, rt.settings.purify_max_side) if params["method"] == "dip" else x)
+
+    x, work = prepare(input_key)
+    followers = batching.claim(rt, job, params, tuple(work.shape), prepare)
     kwargs = {k: v for k, v in params.items() if k != "method"}
-    method = params["method"]
-    # DIP cost grows with pixels; like the paper (512 x 512) it works at a bounded size and the
-    # result is resized back to the upload's resolution.
-    work = _fit_side(x, rt.settings.purify_max_side) if method == "dip" else x
+    report = _reporter(job)
+
+    def progress(p: Progress) -> None:
+        report(p)
+        batching.mirror_progress(followers, job.meta.get("progress", {}))
+
+    def stop_and_refresh() -> bool:
+        batching.refresh(rt, job.id, followers)
+        return should_stop()
+
     started = time.monotonic()
-    result = PURIFIERS[method](
-        work.unsqueeze(0).to(rt.zoo.device),
-        progress=_reporter(job),
-        should_stop=_stop_check(rt, job),
-        **kwargs,
-    )
-    purified = result.image[0].float().cpu()
-    if tuple(purified.shape[-2:]) != (h, w):
-        purified = F.interpolate(purified.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False)[0].clamp(
-            0, 1
+    try:
+        out = PURIFIERS[params["method"]](
+            torch.stack([work] + [f.work for f in followers]).to(rt.zoo.device),
+            progress=progress,
+            should_stop=stop_and_refresh,
+            **kwargs,
         )
-    png = encode_png(purified)
-    rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
-    delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)
-    return {
-        "method": method,
+    except BaseException:
+        batching.release(rt, followers)
+        raise
+    common = {
+        "method": params["method"],
         "params": kwargs,
-        "width": w,
-        "height": h,
         "work_size": list(work.shape[-2:]),
-        "iterations": _as_int(result.iterations),
-        "stopped_by": result.stopped_by,
+        "stopped_by": out.stopped_by,
         "seconds": time.monotonic() - started,
-        "detectors": _scores(rt, x, delivered),
+        "batch_size": 1 + len(followers),
     }
-
-
-def _as_int(v: Any) -> int:
-    if isinstance(v, torch.Tensor):
-        return int(v.max().item())
-    if isinstance(v, (list, tuple)):
-        return int(max(v))
-    return int(v)
+    for i, f in enumerate(followers, start=1):
+        png_i, scores_i = _finish(rt, f.x, out.image[i])
+        batching.publish(
+            rt, f.job.id, {**common, **scores_i, "iterations": int(out.iterations[i]), "batched_with": job.id}, png_i
+        )
+    png, scores = _finish(rt, x, out.image[0])
+    rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
+    return {**common, **scores, "iterations": int(out.iterations[0]), "batched_with": None}
 
 
 def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -143,3 +143,38 @@ def test_queued_cw_attack_finishes_and_its_image_matches_detect(
         f"{base}/detect", files={"file": ("adv.png", adv)}, data={"model": "tiny-vgg"}, timeout=30
     ).json()
     assert check["results"][0]["p_fake"] == pytest.approx(result["p_fake_after"], abs=1e-4)
+
+
+def test_queued_dip_jobs_are_purified_in_one_batch(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints)
+    base = processes.api(env)
+    same = [submit(base, method="dip", max_iterations="150", stop="fixed") for _ in range(3)]
+    other_seed = submit(base, method="dip", max_iterations="150", stop="fixed", seed="7")
+    processes.worker(env)  # starts with all four queued
+    results = {j: poll_until(base, j, {"finished", "failed"}, 240)[0] for j in [*same, other_seed]}
+    assert all(r["status"] == "finished" for r in results.values()), results
+    leader = results[same[0]]["result"]
+    assert leader["batch_size"] == 3 and leader["batched_with"] is None
+    for j in same[1:]:
+        assert results[j]["result"]["batched_with"] == same[0]
+        png = httpx.get(f"{base}/jobs/{j}/result", timeout=30)
+        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (48, 40)
+    assert results[other_seed]["result"]["batch_size"] == 1  # a different seed is a different network
+
+
+def test_claimed_jobs_survive_the_death_of_their_batch_leader(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints, DFG_HEARTBEAT_S="1")
+    base = processes.api(env)
+    jobs = [submit(base, method="dip", max_iterations="400", stop="fixed") for _ in range(2)]
+    worker = processes.worker(env)
+    wait_for(lambda: (job(base, jobs[1])["progress"] or {}).get("iteration", 0) > 0, 120, "the batch to make progress")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    processes.worker(env)
+    for j in jobs:
+        info, _ = poll_until(base, j, {"finished", "failed"}, 240)
+        assert info["status"] == "finished", info
