@@ -78,13 +78,18 @@ def seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
 
 
 def detectors(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
+    size = (args.size, args.size)
+    if args.arch:  # randomly initialised registry architectures (speed does not depend on the weights)
+        return {
+            f"{a}@{args.size}px (random init)": registry.get(a).build(input_size=size).to(device).eval()
+            for a in args.arch
+        }
     found = {}
     for name in ("demo-resnet18", "demo-vgg16"):
         path = Path(args.checkpoints) / f"{name}.safetensors"
         if path.exists():
             found[name] = checkpoint.load(path, map_location=device).detector
     if not found:
-        size = (args.size, args.size)
         found[f"resnet18@{args.size}px (random init)"] = registry.get("resnet18").build(input_size=size).to(device)
     return {k: m.eval() for k, m in found.items()}
 
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-images", type=int, default=None, help="images in the batch-1 loop (default 4 / 16)")
     parser.add_argument("--repeats", type=int, default=3, help="FGSM/PGD timings keep the best of this many")
     parser.add_argument("--checkpoints", default="checkpoints", help="folder holding the demo detectors")
+    parser.add_argument(
+        "--arch", nargs="+", default=None, help="time these registry architectures instead (e.g. resnet50 vgg16)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args(argv)
     if args.device == "auto":

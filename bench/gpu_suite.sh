@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issues 3, 4 and 6 in one run (torch alone; about 6-8 minutes on an H100/H200).
+# Usage: bash bench/gpu_suite.sh [OUT_DIR]      (OUT_DIR defaults to runs/gpu-suite)
+# The demo detectors come from checkpoints/; data/demo/test is needed only for the restoration step
+# (make it with `deepfake-guard make-demo-data data/demo`, or carry it to the GPU machine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-runs/gpu-suite}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py="${PYTHON:-python3}"
+status=0
+run() {  # name, timeout seconds, command...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name"
+  if ! timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"; then
+    echo "!!! $name failed or timed out"; status=1
+  fi
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
+
+# Issue 3/6: DIP seconds per 512 x 512 image, both presets, 1 and 8 images per launch.
+run purify 150 $py bench/purify.py --device cuda --size 512 --iterations 200 --batch 1 8 --json "$out/purify.json"
+# Issue 4/6: attacks, batched vs batch-1 loop vs torchattacks (column skipped when it is not installed).
+run attacks 150 $py bench/attacks.py --device cuda --batch 32 --cw-iters 200 --json "$out/attacks.json"
+# The issue-6 configuration: ResNet-50 and VGG-16 at 224 px (random weights: speed does not depend on them).
+run attacks-224 180 $py bench/attacks.py --device cuda --batch 32 --size 224 --cw-iters 100 --loop-images 4 --arch resnet50 vgg16 --json "$out/attacks-224.json"
+# Issue 6: /detect micro-batching vs the raw bf16 model at batch 64 (ResNet-50, 224 px).
+run detect 90 $py bench/detect.py --device cuda --json "$out/detect.json"
+# Issue 3: restoration of FGSM-fooled fakes by DIP (paper and default presets) on the demo test split.
+if [ -d data/demo/test ]; then
+  run restoration 240 $py bench/restoration.py --device cuda --n 60 --curve 500 --json "$out/restoration.json"
+else
+  echo "=== restoration skipped: data/demo/test is missing"
+fi
+echo "results in $out"
+exit $status
