@@ -14,6 +14,7 @@ from torchvision import models as tvm
 from torchvision.models.vgg import make_layers
 
 from models.detector import CLASS_NAMES, Detector
+from models.lipschitz import hhrelu_
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,6 +73,18 @@ def _resnet50() -> nn.Module:
     return tvm.resnet50(weights=None, num_classes=2)
 
 
+def _resnet18_hhrelu() -> nn.Module:
+    net = _resnet18()
+    hhrelu_(net)
+    return net
+
+
+def _resnet50_hhrelu() -> nn.Module:
+    net = _resnet50()
+    hhrelu_(net)
+    return net
+
+
 def _vgg16() -> nn.Module:
     return tvm.vgg16(weights=None, num_classes=2)
 
@@ -95,6 +108,17 @@ class _SlimVGG(nn.Module):
 
 register(ArchitectureSpec("resnet18", _resnet18, (224, 224), "resnet", description="torchvision ResNet-18"))
 register(ArchitectureSpec("resnet50", _resnet50, (224, 224), "resnet", description="torchvision ResNet-50"))
+# The paper's smooth-activation ResNets for Lipschitz training (models/lipschitz.py): same weights, HHReLU.
+register(
+    ArchitectureSpec(
+        "resnet18_hhrelu", _resnet18_hhrelu, (224, 224), "resnet", description="ResNet-18 with HHReLU (d = 0.5)"
+    )
+)
+register(
+    ArchitectureSpec(
+        "resnet50_hhrelu", _resnet50_hhrelu, (224, 224), "resnet", description="ResNet-50 with HHReLU (d = 0.5)"
+    )
+)
 register(ArchitectureSpec("vgg16", _vgg16, (224, 224), "vgg", description="torchvision VGG-16"))
 register(
     ArchitectureSpec(

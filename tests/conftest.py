@@ -62,6 +62,16 @@ def make_tiny_checkpoint(
 
 
 @pytest.fixture(scope="session")
+def demo_test_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The demo test split regenerated from the default seed (as on a clean clone): (folder, split hashes)."""
+    from models.data import demo
+
+    out = tmp_path_factory.mktemp("demo")
+    manifest = demo.generate(out, demo.DemoConfig(), splits=["test"])
+    return out / "test", dict(manifest["split_sha256"])
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two small random-weight detectors of two families (fast on CPU)."""
     d = tmp_path_factory.mktemp("ckpt")

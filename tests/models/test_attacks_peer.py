@@ -126,3 +126,24 @@ def test_cw_l2_no_larger_than_torchattacks_when_c_fits(tiny: tuple[nn.Module, Te
     both = ours.success & ok_theirs
     assert both.sum() >= len(x) // 2
     assert l2(ours.adv, x)[both].median() <= 1.01 * l2(theirs, x)[both].median()
+
+
+@pytest.mark.slow
+def test_cw_on_the_demo_detector_beats_torchattacks_at_equal_budget(
+    demo_test_split: tuple[Path, dict[str, str]],
+) -> None:
+    """Issue 4's cross-check: demo detector, demo test fakes, same iteration budget (5 x 100 = 500 steps)."""
+    from models import checkpoint
+    from models.data.folder import load_image_folder
+
+    det = checkpoint.load(DEMO).detector
+    data = load_image_folder(demo_test_split[0], image_size=(64, 64))
+    x = data.images[data.labels == 0][:16]
+    y = labels(det, x)
+    x, y = x[y == 0], y[y == 0]  # fakes the detector catches
+    ours, theirs = ours_and_theirs(det, x, y, search_steps=5, max_iterations=100)
+    ok_theirs = fooled(det, theirs, y)
+    assert ours.success.sum() >= ok_theirs.sum()
+    both = ours.success & ok_theirs
+    if both.any():
+        assert l2(ours.adv, x)[both].median() <= l2(theirs, x)[both].median()

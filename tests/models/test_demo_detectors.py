@@ -27,11 +27,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def test_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[TensorDataset, dict[str, str]]:
-    out = tmp_path_factory.mktemp("demo")
-    manifest = demo.generate(out, demo.DemoConfig(), splits=["test"])
-    data = load_image_folder(out / "test", image_size=(64, 64))
-    return TensorDataset(data.images, data.labels), manifest["split_sha256"]
+def test_split(demo_test_split: tuple[Path, dict[str, str]]) -> tuple[TensorDataset, dict[str, str]]:
+    folder, split_hashes = demo_test_split
+    data = load_image_folder(folder, image_size=(64, 64))
+    return TensorDataset(data.images, data.labels), split_hashes
 
 
 def test_demo_checkpoints_are_small_and_described() -> None:
