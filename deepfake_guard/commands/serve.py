@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+from types import FrameType
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -13,6 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument(
         "--workers", type=int, default=None, help="embedded mode: worker processes (default: DFG_EMBEDDED_WORKERS)"
     )
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("deepfake_guard").info(
             "embedded mode: Redis at %s, %d worker(s)", redis.url, settings.embedded_workers
         )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with our handler in place: turn it
+    # into SystemExit so that the `finally` below still stops the embedded workers and Redis server.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
