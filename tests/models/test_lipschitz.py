@@ -52,8 +52,8 @@ def test_penalty_on_a_linear_model_is_the_mean_squared_weight() -> None:
     x = torch.rand(5, 3, 4, 4, requires_grad=True)
     penalty = lipschitz_penalty(x, model(x))
     # dZ_k/dx = W_k for every image: the mean over k, batch and pixels of W^2 is the mean of W^2.
-    assert float(penalty) == pytest.approx(float(lin.weight.detach().pow(2).mean()), rel=1e-6)
-    assert input_gradient_norm(model, x.detach()) == pytest.approx(float(penalty), rel=1e-6)
+    assert float(penalty.detach()) == pytest.approx(float(lin.weight.detach().pow(2).mean()), rel=1e-6)
+    assert input_gradient_norm(model, x.detach()) == pytest.approx(float(penalty.detach()), rel=1e-6)
 
 
 def test_penalty_has_a_gradient_wrt_the_weights() -> None:

@@ -1,0 +1,128 @@
+"""One evaluation run: R1 clean detection, R2 attacks, R3 Lipschitz detectors, R4 DIP, as one results dict.
+
+``evaluate`` returns plain JSON-able data (numbers, lists, dicts); ``models.evaluation.report`` renders it as
+markdown and ``models.evaluation.figures`` as PNGs, so the report can be regenerated from ``results.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.data.folder import load_image_folder
+from models.evaluation.attacks import run_attacks, summary_table
+from models.evaluation.clean import bb_source, clean_metrics, load_member, subsample
+from models.evaluation.config import EvalConfig
+from models.evaluation.dip import run_dip
+from models.evaluation.sweep import sweep
+from models.lipschitz import input_gradient_norm
+from models.progress import ProgressFn
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def evaluate(
+    checkpoints: Sequence[str | Path],
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: EvalConfig,
+    *,
+    device: torch.device,
+    lipschitz_checkpoints: Sequence[str | Path] = (),
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    if not checkpoints:
+        raise ValueError("evaluate needs at least one checkpoint")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    members = [load_member(p, device=device) for p in checkpoints]
+    members += [load_member(p, device=device) for p in lipschitz_checkpoints]
+    for m in members[len(checkpoints) :]:
+        m.role = "lipschitz"
+    data_dir = Path(data_dir)
+    size = members[0].detector.input_size
+    test = load_image_folder(data_dir / "test", image_size=size)
+    notes: list[str] = []
+
+    t = time.perf_counter()
+    sweep_log: dict[str, Any] | None = None
+    base_resnet = next((m for m in members if m.role == "base" and m.family == "resnet"), None)
+    if config.lipschitz_lambdas and base_resnet is not None:
+        if (data_dir / "train").is_dir() and (data_dir / "val").is_dir():
+            swept, sweep_log = sweep(
+                base_resnet, data_dir, Path(out_dir) / "lipschitz", config, device=device, progress=progress
+            )
+            members += swept
+        else:
+            notes.append(f"Lipschitz sweep skipped: {data_dir} has no train/ and val/ splits")
+    elif config.lipschitz_lambdas:
+        notes.append("Lipschitz sweep skipped: no ResNet among the checkpoints")
+    timings["lipschitz_sweep"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    clean = {
+        m.name: clean_metrics(m, test.images, test.labels, batch_size=config.batch_size, device=device) for m in members
+    }
+    timings["clean"] = time.perf_counter() - t
+
+    idx = subsample(test.labels, config.n_per_class, seed=config.seed)
+    x, y = test.images[idx], test.labels[idx]
+    t = time.perf_counter()
+    attack_run = run_attacks(members, x, y, config, device=device, progress=progress)
+    timings["attacks"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    grad_norms = {m.name: input_gradient_norm(m.detector.to(device), x.to(device)) for m in members}
+    timings["input_gradients"] = time.perf_counter() - t
+
+    dip: dict[str, Any] | None = None
+    if config.dip:
+        t = time.perf_counter()
+        name = config.dip_detector or members[0].name
+        target = next((m for m in members if m.name == name), None)
+        if target is None:
+            raise ValueError(f"dip_detector {name!r} is not among the detectors {[m.name for m in members]}")
+        dip = run_dip(target, members, x, y, attack_run, config, device=device, progress=progress)
+        timings["dip"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+
+    return {
+        "config": config.to_json(),
+        "environment": environment(device),
+        "data": {
+            "path": str(data_dir),
+            "test_counts": {n: int((test.labels == i).sum()) for i, n in enumerate(("fake", "real"))},
+            "attacked": {"fake": int((y == 0).sum()), "real": int((y == 1).sum())},
+        },
+        "detectors": [
+            {**m.describe(), "bb_source": (s.name if (s := bb_source(m, members)) else None)} for m in members
+        ],
+        "clean": clean,
+        "attacks": attack_run.rows,
+        "summary": summary_table(
+            [m.describe() for m in members], attack_run.rows, config.attack_names, config.headline_delivery
+        ),
+        "input_gradient_norm": grad_norms,
+        "lipschitz_sweep": sweep_log,
+        "dip": dip,
+        "notes": notes,
+        "timings": timings,
+    }

@@ -1,0 +1,123 @@
+"""R3's detectors: one Lipschitz-regularised ResNet per lambda (``models.lipschitz``), by fine-tuning.
+
+The paper trained each regularised ResNet-18 from ImageNet weights for 5 epochs. Here every lambda starts from
+the same given ResNet checkpoint (our stand-in for pretrained weights) with HHReLU swapped in (the paper's
+smooth activation; same state dict), and lambda = 0 is the control: the same swap and schedule without the
+penalty, so a difference between a lambda and the control is the penalty's, not the extra training's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from models import checkpoint, registry
+from models.data.folder import ImageFolderDataset
+from models.evaluation.clean import Member
+from models.evaluation.config import EvalConfig
+from models.progress import ProgressFn
+from models.training import TrainConfig, train_detector
+
+
+def _per_class(ds: ImageFolderDataset, n: int | None, *, seed: int) -> ImageFolderDataset | Subset[Any]:
+    if n is None:
+        return ds
+    labels = ds.labels
+    gen = torch.Generator().manual_seed(seed)
+    keep: list[int] = []
+    for cls in labels.unique().tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        keep += idx[torch.randperm(idx.numel(), generator=gen)[:n]].tolist()
+    return Subset(ds, sorted(keep))
+
+
+def smooth_architecture(architecture: str) -> str:
+    name = f"{architecture}_hhrelu"
+    registry.get(name)  # ValueError naming the choices when there is no HHReLU variant
+    return name
+
+
+def sweep(
+    base: Member,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: EvalConfig,
+    *,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> tuple[list[Member], dict[str, Any]]:
+    """Fine-tune ``base`` once per ``config.lipschitz_lambdas`` into ``out_dir``; returns the members and a log."""
+    root = Path(data_dir)
+    size = base.detector.input_size
+    train_set = _per_class(
+        ImageFolderDataset(root / "train", image_size=size), config.lipschitz_train_per_class, seed=config.seed
+    )
+    val_set = _per_class(
+        ImageFolderDataset(root / "val", image_size=size), config.lipschitz_val_per_class, seed=config.seed
+    )
+    arch = smooth_architecture(base.architecture) if config.lipschitz_smooth_relu else base.architecture
+    spec = registry.get(arch)
+    members, log = [], []
+    for lam in config.lipschitz_lambdas:
+        # HHReLU has no parameters: the base state dict fits the smooth architecture as it is.
+        detector = spec.build(input_size=size)
+        detector.backbone.load_state_dict(base.detector.backbone.state_dict())
+        train_config = TrainConfig(
+            epochs=config.lipschitz_epochs,
+            lr=config.lipschitz_lr,
+            batch_size=config.lipschitz_batch_size,
+            seed=config.seed,
+            lipschitz_lambda=lam,
+        )
+        started = time.perf_counter()
+        result = train_detector(detector, train_set, val_set, train_config, device=device, progress=progress)
+        seconds = time.perf_counter() - started
+        name = f"{base.name}-lipschitz-{lam:g}"
+        provenance = {
+            "training": {
+                **vars(train_config),
+                "image_size": list(size),
+                "smooth_relu": arch != base.architecture,
+                "init": {"checkpoint": base.name, "sha256": base.sha256},
+            },
+            "dataset": {"path": str(root), "train_images": len(train_set), "val_images": len(val_set)},
+            "chosen_epoch": result.best_epoch,
+            "note": "evaluation sweep: fine-tuned from the base checkpoint (models/evaluation/sweep.py)",
+        }
+        meta = checkpoint.CheckpointMeta(
+            architecture=arch,
+            input_size=size,
+            mean=spec.mean,
+            std=spec.std,
+            provenance=provenance,
+            metrics={"val": result.best_val},
+        )
+        digest = checkpoint.save(result.detector, Path(out_dir) / name, meta)
+        epoch_seconds = [s.seconds for s in result.history]
+        log.append(
+            {
+                "lambda": lam,
+                "name": name,
+                "seconds": seconds,
+                "epoch_seconds": epoch_seconds,
+                "train_images": len(train_set),
+                "val": result.best_val,
+            }
+        )
+        members.append(
+            Member(
+                name=name,
+                detector=result.detector.eval(),
+                architecture=arch,
+                role="lipschitz",
+                lipschitz_lambda=lam,
+                sha256=digest,
+                path=str(Path(out_dir) / f"{name}.safetensors"),
+                note="control (no penalty)" if lam == 0 else "",
+            )
+        )
+    return members, {"architecture": arch, "base": base.name, "runs": log}
