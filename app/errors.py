@@ -66,6 +66,15 @@ class IdempotencyConflict(ProblemError):
     title = "Idempotency-Key reused with a different request"
 
 
+def applicable_params(method: str, given: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    """The parameters a request set (not None), refusing any that ``method`` does not take."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    stray = sorted(set(chosen) - allowed)
+    if stray:
+        raise InvalidParameter(f"parameters {stray} do not apply to method={method!r} (it takes {sorted(allowed)})")
+    return chosen
+
+
 _IMAGE_STATUS: dict[type[ImageError], tuple[int, str]] = {
     EmptyImage: (422, "Empty upload"),
     ImageTooLarge: (413, "Image too large"),

@@ -12,7 +12,7 @@ from torch import Tensor
 from app import jobkeys, jobs
 from app.deps import get_app_settings, get_detection, get_redis
 from app.detection import DetectionService
-from app.errors import InvalidParameter
+from app.errors import InvalidParameter, applicable_params
 from app.routes.jobs import accepted
 from app.settings import Settings
 from app.uploads import read_image
@@ -92,10 +92,7 @@ async def attack(
         "pgd": {"eps", "steps", "step_size"},
         "cw_l2": {"preset", "search_steps", "max_iterations", "kappa", "c_init", "c_max", "lr"},
     }[method]
-    stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
-    if stray:
-        raise InvalidParameter(f"parameters {stray} do not apply to method={method!r} (it takes {sorted(allowed)})")
-    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    params = applicable_params(method, given, allowed)
     params["targeted"] = targeted
     tgt = service.model(target)
     src = service.model(source) if source else tgt

@@ -7,7 +7,7 @@ from redis import Redis
 
 from app import jobkeys, jobs
 from app.deps import get_app_settings, get_redis
-from app.errors import InvalidParameter
+from app.errors import InvalidParameter, applicable_params
 from app.schemas import JobAccepted, JobCancelled, JobInfo
 from app.settings import Settings
 from app.uploads import read_image
@@ -54,14 +54,9 @@ async def purify(
         "kernel_size": kernel_size,
         "bits": bits,
     }
-    allowed = {"dip": {"max_iterations", "stop"}, "jpeg": {"quality"}, "median": {"kernel_size"}, "bitdepth": {"bits"}}[
-        method
-    ]
-    stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
-    if stray:
-        raise InvalidParameter(f"parameters {stray} do not apply to method={method!r} (it takes {sorted(allowed)})")
+    allowed = {"dip": {"max_iterations", "stop"}, "jpeg": {"quality"}, "median": {"kernel_size"}, "bitdepth": {"bits"}}
+    params: dict[str, Any] = {"method": method, **applicable_params(method, given, allowed[method])}
     data, _ = await read_image(file, settings)
-    params: dict[str, Any] = {"method": method, **{k: v for k, v in given.items() if v is not None}}
     if method == "dip":
         params.update(preset=preset, seed=seed)
     job, created = jobs.enqueue(
