@@ -119,6 +119,12 @@ def quantize_8bit(x: Tensor) -> Tensor:
     return torch.round(x.clamp(0, 1) * 255) / 255
 
 
+def psnr(a: Tensor, b: Tensor, *, min_mse: float = 0.0) -> Tensor:
+    """Per-image PSNR in dB for [0, 1] pixels (peak 1): inf where identical, unless ``min_mse`` caps it."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(min_mse))
+
+
 def to_pil(x: Tensor) -> Image.Image:
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"expected a 3 x H x W tensor, got shape {tuple(x.shape)}")

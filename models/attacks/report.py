@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from models.attacks import ATTACKS, CW_PRESETS
 from models.attacks._common import eval_mode
 from models.detector import CLASS_NAMES, FAKE_INDEX
-from models.images import decode_image, encode_jpeg, encode_png, quantize_8bit
+from models.images import decode_image, encode_jpeg, encode_png, psnr, quantize_8bit
 from models.progress import ProgressFn, StopFn, check_stop
 
 SAVE_FORMATS: tuple[str, ...] = ("png", "jpeg75")
@@ -124,12 +124,6 @@ def perturbation_picture(x: Tensor, adv: Tensor) -> Tensor:
     peak = d.abs().flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None, None]
     pic = (0.5 + 0.5 * d / peak).clamp(0, 1)
     return pic if batched else pic[0]
-
-
-def psnr(x: Tensor, adv: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio per image in dB for [0, 1] pixels (inf where identical)."""
-    mse = (adv - x).float().flatten(1).pow(2).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse)
 
 
 def _p_fake(model: nn.Module, x: Tensor) -> Tensor:

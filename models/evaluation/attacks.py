@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from models.attacks import ATTACKS
-from models.attacks.report import deliver, psnr, resolve_params
+from models.attacks.report import deliver, resolve_params
 from models.detector import FAKE_INDEX, REAL_INDEX
 from models.evaluation.clean import Member, bb_source, p_fake_of
 from models.evaluation.config import EvalConfig
+from models.images import psnr
 from models.progress import Progress, ProgressFn
 
 

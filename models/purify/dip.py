@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models import images
 from models.progress import Progress, ProgressFn, StopFn, check_stop
 from models.purify.skipnet import SkipConfig, SkipNet
 from models.purify.stopping import WindowedVariance, WMVConfig
@@ -90,9 +91,8 @@ TRACE_EVERY = 50
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image PSNR in dB for images in [0, 1] (peak 1)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
+    """Per-image PSNR in dB, capped at 120 dB: backtracking compares drops, and inf - 5 dB is no drop."""
+    return images.psnr(a, b, min_mse=1e-12)
 
 
 @torch.no_grad()
