@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     dip_batch_max: int = Field(
         8, ge=1, le=64, description="A DIP job also purifies up to this many - 1 compatible queued jobs in one batch."
     )
+    dip_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="DIP network arithmetic on CUDA (bf16 autocast; parameters and Adam stay fp32). "
+        "docs/PERFORMANCE.md has its speed and its effect on restoration.",
+    )
+    dip_channels_last: bool = Field(False, description="Run the DIP network in channels_last layout.")
+    dip_cuda_graphs: bool = Field(
+        True, description="Replay each DIP step as a CUDA graph (CUDA only; falls back to eager if capture fails)."
+    )
     max_dip_iterations: int = Field(20_000, ge=1, description="Largest max_iterations a DIP request may ask for.")
     cw_sync_max_steps: int = Field(
         1000,

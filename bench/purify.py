@@ -1,17 +1,25 @@
-"""Time DIP purification: milliseconds per optimisation step and seconds per image, per preset.
+"""Time DIP purification: each execution engine against the eager reference, side by side in one run.
 
-Runs with torch alone (CPU or CUDA). A fixed number of steps is timed (with CUDA synchronised) and
-extrapolated to each preset's step count: 6,000 for ``paper``; the 3,000-step cap for ``default``,
-whose auto stop usually ends earlier (see docs/PURIFICATION.md). Also times the cheap purifiers.
+Runs with torch alone (CPU or CUDA). For every batch size and engine configuration it times a short and a
+long run of the same preset and reports
+
+* ms per step from the difference of the two (steady state), and the set-up cost (graph capture etc.);
+* seconds per image and images per second at the paper preset's 6,000 steps and the default preset's
+  3,000-step cap (its auto stop usually ends earlier: docs/PURIFICATION.md);
+* the speed-up over the eager reference at the same batch, and how far the output is from the
+  reference's (PSNR in dB between the two results after the long run; inf = identical).
+
+``--latency`` then runs one image end to end (default and paper presets) with the chosen configuration.
 
     python bench/purify.py                          # 512 px on CUDA, 128 px on CPU
-    python bench/purify.py --size 512 --batch 1 8 --json out/bench-purify.json
+    python bench/purify.py --size 512 --batch 1 8 32 --json out/bench-purify.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -22,7 +30,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.images import psnr
 from models.purify import PRESETS, PURIFIERS, dip_purify
+from models.purify.engine import DipRuntime
+
+CONFIGS: dict[str, DipRuntime] = {
+    "reference": DipRuntime(engine="reference"),
+    "fast-eager": DipRuntime(cuda_graphs=False),
+    "fast": DipRuntime(),
+    "fast-nhwc": DipRuntime(channels_last=True),
+    "fast-bf16": DipRuntime(precision="bf16"),
+    "fast-bf16-nhwc": DipRuntime(precision="bf16", channels_last=True),
+}
+PAPER_STEPS = PRESETS["paper"].max_iterations
+DEFAULT_CAP = PRESETS["default"].max_iterations
 
 
 def _sync(device: torch.device) -> None:
@@ -30,24 +51,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_dip(preset: str, x: torch.Tensor, iterations: int, device: torch.device) -> dict[str, Any]:
-    dip_purify(x, preset=preset, max_iterations=min(10, iterations), stop="fixed", device=device)  # warm-up
+def timed_run(x: torch.Tensor, steps: int, runtime: DipRuntime, device: torch.device) -> tuple[float, Any]:
     _sync(device)
     started = time.perf_counter()
-    result = dip_purify(x, preset=preset, max_iterations=iterations, device=device)
+    result = dip_purify(x, preset="default", max_iterations=steps, runtime=runtime, device=device)
     _sync(device)
-    seconds = time.perf_counter() - started
-    ms_step = 1000 * seconds / result.steps
-    full = PRESETS[preset].max_iterations
+    return time.perf_counter() - started, result
+
+
+def time_config(
+    name: str, x: torch.Tensor, steps: int, short: int, device: torch.device, reference: torch.Tensor | None
+) -> dict[str, Any]:
+    runtime = CONFIGS[name]
+    timed_run(x, short, runtime, device)  # warm-up: cuDNN/autograd initialisation, allocator
+    t_short, _ = timed_run(x, short, runtime, device)
+    t_long, result = timed_run(x, steps, runtime, device)
+    ms_step = 1000 * (t_long - t_short) / (steps - short)
+    batch = x.shape[0]
+    per_image = ms_step / batch
+    agreement = float("inf") if reference is None else float(psnr(result.image, reference).min())
     return {
-        "method": "dip",
-        "preset": preset,
-        "batch": x.shape[0],
-        "steps_timed": result.steps,
+        "config": name,
+        "batch": batch,
+        "runtime": result.params["runtime"],
         "ms_per_step": ms_step,
-        "ms_per_step_per_image": ms_step / x.shape[0],
-        "steps_per_image": full,
-        "seconds_per_image": ms_step * full / 1000 / x.shape[0],
+        "ms_per_image_step": per_image,
+        "setup_s": max(t_short - short * ms_step / 1000, 0.0),
+        "paper_s_per_image": per_image * PAPER_STEPS / 1000,
+        "default_cap_s_per_image": per_image * DEFAULT_CAP / 1000,
+        "paper_images_per_s": 1000 / (per_image * PAPER_STEPS),
+        "psnr_to_reference_db": agreement,
+        "image": result.image,
     }
 
 
@@ -60,69 +94,119 @@ def time_cheap(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
     return {"method": name, "batch": x.shape[0], "seconds_per_image": seconds / x.shape[0]}
 
 
+def test_image(size: int) -> torch.Tensor:
+    """A smooth picture plus +-8/255 sign noise (an FGSM-like perturbation): what DIP is run on."""
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, 3, 8, 8, generator=gen)
+    smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    noise = torch.randint(0, 2, smooth.shape, generator=gen).float() * 2 - 1
+    return (smooth + noise * 8 / 255).clamp(0, 1)
+
+
+def latency(name: str, size: int, device: torch.device) -> list[dict[str, Any]]:
+    x = test_image(size)
+    rows = []
+    for preset in ("default", "paper"):
+        _sync(device)
+        started = time.perf_counter()
+        result = dip_purify(x, preset=preset, runtime=CONFIGS[name], device=device)
+        _sync(device)
+        rows.append(
+            {
+                "config": name,
+                "preset": preset,
+                "steps": result.steps,
+                "stopped_by": result.stopped_by,
+                "seconds": time.perf_counter() - started,
+                "psnr_to_input_db": float(psnr(result.image, x).mean()),
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 512 on CUDA, 128 on CPU)")
-    parser.add_argument("--iterations", type=int, default=None, help="steps to time (default 200 on CUDA, 40 on CPU)")
-    parser.add_argument(
-        "--batch", type=int, nargs="+", default=None, help="images per run (default 1 8 on CUDA, 1 on CPU)"
-    )
-    parser.add_argument("--presets", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
+    parser.add_argument("--iterations", type=int, default=None, help="steps of the long run (default 200 CUDA, 30 CPU)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="images per run (default 1 8 CUDA, 1 CPU)")
+    parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS), help="default: all that apply")
+    parser.add_argument("--latency", default=None, choices=sorted(CONFIGS), help="also run one image end to end")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick algorithms by timing them")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    name = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     device = torch.device(name)
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     size = args.size or (512 if cuda else 128)
-    iterations = args.iterations or (200 if cuda else 40)
+    steps = args.iterations or (200 if cuda else 30)
+    short = max(steps // 10, 5)
     batches = args.batch or ([1, 8] if cuda else [1])
-    if size < 1 or iterations < 1 or min(batches) < 1:
-        raise SystemExit(f"--size, --iterations and --batch must be positive, got {size}, {iterations}, {batches}")
+    # Without CUDA, "fast" is the eager fast engine: "fast-eager" would time the same thing twice.
+    configs = args.configs or [c for c in CONFIGS if cuda or c != "fast-eager"]
+    if "reference" not in configs:
+        configs = ["reference", *configs]
+    if size < 1 or steps <= short or min(batches) < 1:
+        raise SystemExit(f"--size and --batch must be positive and --iterations > {short}")
+    device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
+    print(f"device={device} ({device_name}), torch {torch.__version__}, {size}x{size}, steps {short} and {steps}")
 
     rows: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(0)
+    head = f"{'config':<16}{'batch':>6}{'ms/step':>9}{'ms/img-step':>12}{'setup s':>9}{'paper s/img':>12}"
+    print(head + f"{'img/s paper':>12}{'vs ref':>8}{'dB to ref':>10}")
     for batch in batches:
         x = torch.rand(batch, 3, size, size, generator=gen)
-        for preset in args.presets:
-            rows.append(time_dip(preset, x, iterations, device))
-    x = torch.rand(1, 3, size, size, generator=gen)
-    for cheap in ("jpeg", "median", "bitdepth"):
-        rows.append(time_cheap(cheap, x, repeats=5))
-
-    print(
-        f"device={device} ({torch.cuda.get_device_name(device) if cuda else platform.processor() or 'cpu'}), "
-        f"torch {torch.__version__}, {size}x{size}, {iterations} steps timed"
-    )
-    print(f"{'method':<9}{'preset':<9}{'batch':>6}{'ms/step':>10}{'ms/step/img':>13}{'steps':>7}{'s/image':>10}")
-    for r in rows:
-        if r["method"] == "dip":
+        reference: torch.Tensor | None = None
+        ref_ms = math.nan
+        for config in configs:
+            try:
+                row = time_config(config, x, steps, short, device, reference)
+            except torch.OutOfMemoryError:
+                print(f"{config:<16}{batch:>6}  out of memory")
+                torch.cuda.empty_cache()
+                continue
+            image = row.pop("image")
+            if config == "reference":
+                reference, ref_ms = image, row["ms_per_step"]
+            row["speedup_vs_reference"] = ref_ms / row["ms_per_step"]
+            rows.append(row)
             print(
-                f"{'dip':<9}{r['preset']:<9}{r['batch']:>6}{r['ms_per_step']:>10.2f}{r['ms_per_step_per_image']:>13.2f}"
-                f"{r['steps_per_image']:>7}{r['seconds_per_image']:>10.1f}"
+                f"{config:<16}{batch:>6}{row['ms_per_step']:>9.2f}{row['ms_per_image_step']:>12.3f}{row['setup_s']:>9.2f}"
+                f"{row['paper_s_per_image']:>12.1f}{row['paper_images_per_s']:>12.3f}"
+                f"{row['speedup_vs_reference']:>7.1f}x{row['psnr_to_reference_db']:>10.1f}",
+                flush=True,
             )
-        else:
-            print(f"{r['method']:<9}{'-':<9}{r['batch']:>6}{'':>10}{'':>13}{'':>7}{r['seconds_per_image']:>10.4f}")
+    latency_rows = latency(args.latency, size, device) if args.latency else []
+    for r in latency_rows:
+        print(
+            f"latency {r['config']} {r['preset']}: one {size}px image {r['seconds']:.1f} s "
+            f"({r['steps']} steps, {r['stopped_by']}; paper took ~1,800 s)"
+        )
+    x1 = torch.rand(1, 3, size, size, generator=gen)
+    cheap = [time_cheap(c, x1, repeats=5) for c in ("jpeg", "median", "bitdepth")]
+    print("cheap purifiers, s/image: " + ", ".join(f"{c['method']} {c['seconds_per_image']:.4f}" for c in cheap))
     report = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "device_name": device_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "config": {"size": size, "iterations_timed": iterations, "batches": batches, "presets": args.presets},
-        "note": "default: seconds_per_image uses the 3,000-step cap (an upper bound; the auto stop may end earlier)",
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "config": {"size": size, "steps_long": steps, "steps_short": short, "batches": batches, "preset": "default"},
+        "note": "seconds per image extrapolate the steady ms/step to 6,000 (paper) and 3,000 (default cap) steps; "
+        "the paper took ~1,800 s per image (10,000 steps on a K80)",
         "results": rows,
+        "latency": latency_rows,
+        "cheap": cheap,
     }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     return 0
 

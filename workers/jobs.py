@@ -132,6 +132,7 @@ def _finish(rt: runtime.Runtime, x: torch.Tensor, purified: torch.Tensor) -> tup
 
 def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from models.purify import PURIFIERS
+    from models.purify.engine import DipRuntime
 
     rt, job = runtime.get(), _current_job()
     _begin(rt, job)
@@ -161,6 +162,12 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         batching.refresh(rt, job.id, followers)
         return should_stop()
 
+    how: dict[str, Any] = {}
+    if params["method"] == "dip":
+        s = rt.settings
+        how["runtime"] = DipRuntime(
+            precision=s.dip_precision, channels_last=s.dip_channels_last, cuda_graphs=s.dip_cuda_graphs
+        )
     started = time.monotonic()
     try:
         out = PURIFIERS[params["method"]](
@@ -168,6 +175,7 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
             progress=progress,
             should_stop=stop_and_refresh,
             **kwargs,
+            **how,
         )
     except BaseException:
         batching.release(rt, followers)
@@ -179,6 +187,7 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         "stopped_by": out.stopped_by,
         "seconds": time.monotonic() - started,
         "batch_size": 1 + len(followers),
+        "runtime": out.params.get("runtime"),
     }
     for i, f in enumerate(followers, start=1):
         png_i, scores_i = _finish(rt, f.x, out.image[i])

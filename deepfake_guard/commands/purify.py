@@ -19,6 +19,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--stop", choices=("auto", "fixed"), default=None, help="DIP stop rule (overrides the preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="DIP network arithmetic")
+    p.add_argument(
+        "--engine", choices=("fast", "reference"), default="fast", help="DIP step execution (docs/PERFORMANCE.md)"
+    )
     p.add_argument("--quality", type=int, default=75, help="JPEG quality (method jpeg)")
     p.add_argument("--kernel-size", type=int, default=3, help="median window (method median)")
     p.add_argument("--bits", type=int, default=5, help="bits per channel (method bitdepth)")
@@ -31,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from models.images import ImageError, load_image_file, save_png
     from models.progress import Progress
     from models.purify import PURIFIERS
+    from models.purify.engine import DipRuntime
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,12 +49,18 @@ def run(args: argparse.Namespace) -> int:
 
     params: dict[str, Any]
     if args.method == "dip":
+        try:
+            runtime = DipRuntime(engine=args.engine, precision=args.precision)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
         params = {
             "preset": args.preset,
             "max_iterations": args.max_iterations,
             "stop": args.stop,
             "seed": args.seed,
             "device": device,
+            "runtime": runtime,
         }
     else:
         params = {

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models import images
 from models.progress import Progress, ProgressFn, StopFn, check_stop
+from models.purify.engine import DipRuntime, StepSetup, dip_psnr, make_stepper
 from models.purify.skipnet import SkipConfig, SkipNet
 from models.purify.stopping import WindowedVariance, WMVConfig
 
@@ -90,36 +90,7 @@ STOP_CHECK_EVERY = 10  # a cancellation lands within this many steps (millisecon
 TRACE_EVERY = 50
 
 
-def psnr(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image PSNR in dB, capped at 120 dB: backtracking compares drops, and inf - 5 dB is no drop."""
-    return images.psnr(a, b, min_mse=1e-12)
-
-
-@torch.no_grad()
-def backtrack_(
-    live: list[Tensor],
-    saved: list[Tensor],
-    current_psnr: Tensor,
-    last_psnr: Tensor,
-    *,
-    drop_db: float,
-) -> Tensor:
-    """Per-image backtracking: restore the last good state where PSNR fell by more than ``drop_db``.
-
-    Every tensor in ``live`` and ``saved`` has the image (replica) index first when viewed as
-    ``(n, -1)``. Images whose ``current_psnr`` fell more than ``drop_db`` below ``last_psnr`` get
-    ``live <- saved``; the others are checkpointed (``saved <- live``) and their ``last_psnr`` updated.
-    Runs on the device without synchronising; returns the per-image mask of restored images.
-    """
-    n = current_psnr.shape[0]
-    dropped = current_psnr < last_psnr - drop_db
-    keep = dropped.view(n, 1)
-    for cur, old in zip(live, saved, strict=True):
-        cur_rows, old_rows = cur.view(n, -1), old.view(n, -1)
-        cur_rows.copy_(torch.where(keep, old_rows, cur_rows))
-        old_rows.copy_(cur_rows)
-    last_psnr.copy_(torch.where(dropped, last_psnr, current_psnr))
-    return dropped
+psnr = dip_psnr
 
 
 def _pad_to(x: Tensor, multiple: int, minimum: int) -> tuple[Tensor, tuple[int, int]]:
@@ -181,6 +152,7 @@ def dip_purify(
     device: str | torch.device | None = None,
     progress_every: int = 25,
     snapshots: tuple[int, ...] = (),
+    runtime: DipRuntime | None = None,
 ) -> PurifyResult:
     """Purify ``x`` (N x 3 x H x W in [0, 1]) with one Deep Image Prior network per image.
 
@@ -188,6 +160,8 @@ def dip_purify(
     "auto": ES-WMV, see ``models.purify.stopping``). The same ``seed`` gives the same output on the
     same device; each image's result does not depend on the others in the batch. ``snapshots`` lists
     iterations at which to keep a copy of the returned-so-far output (for studies of the stop).
+    ``runtime`` chooses how the steps execute (``models.purify.engine.DipRuntime``: the fast engine by
+    default, CUDA graphs on CUDA; ``engine="reference"`` is the plain eager loop it is checked against).
     Raises ``models.progress.Cancelled`` when ``should_stop`` returns True.
     """
     started = time.perf_counter()
@@ -209,14 +183,20 @@ def dip_purify(
     net.to(dev).train()
     # One noise draw shared by all replicas, so an image's result is the same alone or batched.
     base_noise = (torch.rand((1, net_cfg.input_channels, hp, wp), generator=init_gen) * cfg.noise_scale).to(dev)
-    base_noise = base_noise.expand(n, -1, -1, -1)
-    jitter_gen = torch.Generator(device=dev).manual_seed(seed)
-    optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    params = list(net.parameters())
+    setup = StepSetup(
+        net=net,
+        base_noise=base_noise,
+        target=target,
+        crop=(h, w),
+        jitter_std=cfg.jitter_std,
+        lr=cfg.lr,
+        ema_decay=cfg.ema,
+        backtrack_db=cfg.backtrack_db,
+        backtrack_every=cfg.backtrack_every,
+        jitter_generator=torch.Generator(device=dev).manual_seed(seed),
+    )
+    stepper = make_stepper(setup, runtime or DipRuntime())
 
-    ema = torch.empty_like(target)
-    saved: list[Tensor] | None = None
-    last_psnr = torch.full((n,), -float("inf"), device=dev)
     # Tracked in fixed mode too: the variance trace is what a study of the stop needs.
     stopper = WindowedVariance(cfg.stopping, cropped)
     auto = cfg.stop == "auto"
@@ -225,38 +205,12 @@ def dip_purify(
     kept: dict[int, Tensor] = {}
     wanted = set(snapshots)
     step = 0
+    ema = stepper.ema
 
     for step in range(1, cfg.max_iterations + 1):
         if step == 1 or step % STOP_CHECK_EVERY == 0:
             check_stop(should_stop, step)
-        jitter = torch.randn(base_noise.shape[1:], generator=jitter_gen, device=dev) * cfg.jitter_std
-        out = net(base_noise + jitter)
-        per_image = (out - target).pow(2).flatten(1).mean(dim=1)
-        optimiser.zero_grad(set_to_none=False)
-        per_image.sum().backward()  # a sum keeps each replica's gradient that of its own MSE
-        out = out.detach()
-        dropped: Tensor | None = None
-        if step > 1 and step % cfg.backtrack_every == 0:
-            current = psnr(out[..., :h, :w], cropped)
-            state = [optimiser.state[p] for p in params]
-            live = params + [s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state] + [ema]
-            if saved is None:
-                saved = [t.detach().clone() for t in live]
-            dropped = backtrack_(live, saved, current, last_psnr, drop_db=cfg.backtrack_db)
-            with torch.no_grad():
-                # A restored image takes no gradient from the output it diverged to.
-                for p in params:
-                    if p.grad is not None:
-                        rows = p.grad.view(n, -1)
-                        rows.masked_fill_(dropped.view(n, 1), 0.0)
-        optimiser.step()
-        if step == 1:
-            ema.copy_(out)
-        elif dropped is None:
-            ema.mul_(cfg.ema).add_(out, alpha=1.0 - cfg.ema)
-        else:
-            blended = ema * cfg.ema + out * (1.0 - cfg.ema)
-            ema.copy_(torch.where(dropped.view(n, 1, 1, 1), ema, blended))
+        out, per_image = stepper.step(step)
         result_now = ema[..., :h, :w]
 
         if step % cfg.stopping.stride == 0:
@@ -274,7 +228,7 @@ def dip_purify(
                 Progress(
                     iteration=step,
                     max_iterations=cfg.max_iterations,
-                    loss=float(per_image.detach().mean()),
+                    loss=float(per_image.mean()),
                     psnr=float(psnr(result_now, cropped).mean()),
                     stage="dip",
                 )
@@ -298,7 +252,14 @@ def dip_purify(
         steps=step,
         stopped_by=stopped_by,
         seconds=time.perf_counter() - started,
-        params={"preset": cfg.name, "max_iterations": cfg.max_iterations, "stop": cfg.stop, "seed": seed},
+        params={
+            "preset": cfg.name,
+            "max_iterations": cfg.max_iterations,
+            "stop": cfg.stop,
+            "seed": seed,
+            "runtime": stepper.notes,
+            "backtracks": stepper.restores.tolist(),
+        },
         psnr_trace=psnr_trace,
         stop_trace=stop_trace,
         snapshots=kept,

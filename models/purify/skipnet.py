@@ -77,8 +77,14 @@ class _GroupedConv(nn.Conv2d):
         )
 
 
+def _norm(channels: int, replicas: int) -> nn.BatchNorm2d:
+    # DIP always normalises with the statistics of the image itself (a batch of one, always in
+    # training mode); running statistics would never be read, so they are not kept (3 kernels fewer).
+    return nn.BatchNorm2d(channels * replicas, track_running_stats=False)
+
+
 def _norm_act(channels: int, replicas: int, slope: float) -> list[nn.Module]:
-    return [nn.BatchNorm2d(channels * replicas), nn.LeakyReLU(slope)]
+    return [_norm(channels, replicas), nn.LeakyReLU(slope)]
 
 
 def _cat_replicas(a: Tensor, b: Tensor, replicas: int) -> Tensor:
@@ -117,7 +123,7 @@ class _Level(nn.Module):
         self.deep = nn.Sequential(*deep)
         merged = s + deep_out
         self.merge = nn.Sequential(
-            nn.BatchNorm2d(merged * replicas),
+            _norm(merged, replicas),
             _GroupedConv(merged, u, k, replicas),
             *_norm_act(u, replicas, slope),
             _GroupedConv(u, u, 1, replicas),

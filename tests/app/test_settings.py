@@ -17,7 +17,8 @@ def test_every_setting_is_documented_in_the_readme_with_its_default() -> None:
         var = f"DFG_{name.upper()}"
         row = re.search(rf"^\| `{var}` \| (.+?) \|", text, flags=re.M)
         assert row, f"{var} is missing from the README settings table"
-        default = "unset" if field.default is None else f"`{field.default}`"
+        value = str(field.default).lower() if isinstance(field.default, bool) else field.default  # as typed in env
+        default = "unset" if field.default is None else f"`{value}`"
         assert row.group(1) == default, f"{var}: README says {row.group(1)}, code says {default}"
 
 

@@ -10,7 +10,7 @@ import torch
 
 from models.progress import Cancelled, Progress
 from models.purify import PRESETS, PURIFIERS, DipPreset, SkipConfig, SkipNet, WMVConfig, dip_purify, psnr
-from models.purify.dip import backtrack_
+from models.purify.engine import backtrack_
 from models.purify.stopping import WindowedVariance
 
 # A 3-level net keeps CPU tests fast; the paper's 5-level net is exercised where the shape logic matters.
