@@ -3,7 +3,10 @@
 Runs with torch alone (CPU or CUDA); torchattacks is optional (its column is skipped when absent). Uses the
 demo detectors from ``--checkpoints`` when present, else a randomly initialised ResNet-18 at ``--size`` px.
 CW-L2 runs a fixed budget (one search step, ``--cw-iters`` iterations, no early abort) so every column does
-the same work; torchattacks.CW gets the same step count.
+the same work. torchattacks.CW gets the same step count but returns early when its summed loss rises at one
+of its checks (every steps // 10), which it cannot be told not to do; the script counts the steps it really
+ran and also reports the ratio per image-iteration ("ours/t.a. per it"), which is the like-for-like one.
+Both CW columns report their success rate (arg-max moved off the label, judged in float).
 
     python bench/attacks.py                                  # CPU: batch 16, CW 100 iterations
     python bench/attacks.py --device cuda --batch 32 --cw-iters 1000 --json out/bench-attacks.json
@@ -51,6 +54,24 @@ def ours(name: str, cw_iters: int) -> Attack:
         kappa=0.0, c_init=1.0, search_steps=1, max_iterations=cw_iters, lr=0.01, abort_early=False
     )
     return lambda m, x, y: cw_l2(m, x, y, **budget).adv
+
+
+class Counted(nn.Module):
+    """Counts forward calls: how many iterations a peer attack really ran."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.model(x)  # type: ignore[no-any-return]
+
+
+@torch.no_grad()
+def success_rate(model: nn.Module, adv: Tensor, y: Tensor) -> float:
+    return float((model(adv).argmax(dim=1) != y).float().mean())
 
 
 def theirs(name: str, model: nn.Module, cw_iters: int) -> Attack | None:
@@ -118,11 +139,22 @@ def bench_attack(
         "ours_over_torchattacks": None,
     }
     row["batched_over_loop"] = row["ours_batched_img_s"] / row["ours_loop_img_s"]
-    peer = theirs(name, model, args.cw_iters)
+    if name == "cw_l2":
+        row["ours_success"] = success_rate(model, attack(model, x, y), y)
+    counted = Counted(model)
+    peer = theirs(name, counted, args.cw_iters)
     if peer is not None:
-        peer(model, x[:2], y[:2])
-        row["torchattacks_img_s"] = len(x) / seconds(lambda: peer(model, x, y), device, repeats)
+        peer(counted, x[:2], y[:2])
+        counted.calls = 0
+        row["torchattacks_img_s"] = len(x) / seconds(lambda: peer(counted, x, y), device, repeats)
         row["ours_over_torchattacks"] = row["ours_batched_img_s"] / row["torchattacks_img_s"]
+        if name == "cw_l2":
+            row["torchattacks_iterations"] = counted.calls // repeats
+            row["torchattacks_success"] = success_rate(model, peer(counted, x, y), y)
+            per_it = row["ours_batched_img_s"] * args.cw_iters
+            row["ours_over_torchattacks_per_iteration"] = per_it / (
+                row["torchattacks_img_s"] * max(row["torchattacks_iterations"], 1)
+            )
     return row
 
 
@@ -140,7 +172,7 @@ def bench_model(label: str, model: nn.Module, args: argparse.Namespace, device: 
 
 HEADER = (
     f"{'model':<28} {'attack':<7} {'iters':>5} {'batched':>9} {'batch-1':>9} {'t.attacks':>9} "
-    f"{'batch/loop':>10} {'ours/t.a.':>9}   (images/s)"
+    f"{'batch/loop':>10} {'ours/t.a.':>9}   (images/s; CW: t.a. iterations run, ratio per it, success)"
 )
 
 
@@ -148,11 +180,20 @@ def _format(row: dict[str, Any]) -> str:
     def num(v: float | None, fmt: str) -> str:
         return format(v, fmt) if v is not None else "-"
 
-    return (
+    line = (
         f"{row['model']:<28} {row['attack']:<7} {row['iterations']:>5} {num(row['ours_batched_img_s'], '9.1f')} "
         f"{num(row['ours_loop_img_s'], '9.1f')} {num(row['torchattacks_img_s'], '>9.1f')} "
         f"{num(row['batched_over_loop'], '>9.2f')}x {num(row['ours_over_torchattacks'], '>8.2f')}x"
     )
+    if "torchattacks_iterations" in row:
+        line += (
+            f"   t.a. ran {row['torchattacks_iterations']} it,"
+            f" per it {row['ours_over_torchattacks_per_iteration']:.2f}x"
+            f", success ours {row['ours_success']:.2f} t.a. {row['torchattacks_success']:.2f}"
+        )
+    elif "ours_success" in row:
+        line += f"   success ours {row['ours_success']:.2f}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

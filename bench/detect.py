@@ -117,7 +117,7 @@ def latency(
     return statistics.median(fwd) * 1e3, statistics.median(req) * 1e3, q[18] * 1e3
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--arch", default=None, help="registry architecture (default: resnet50 on CUDA, resnet18 on CPU)")
@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=None, help="clients (default: 2 x batch on CUDA, 8 on CPU)")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     arch = args.arch or ("resnet50" if cuda else "resnet18")

@@ -33,6 +33,7 @@ from models import checkpoint
 from models.detector import FAKE_INDEX, REAL_INDEX, Detector
 from models.images import load_image_file, quantize_8bit
 from models.purify import PRESETS, PURIFIERS, dip_purify
+from models.purify.engine import DipRuntime
 
 
 def load_folder(folder: Path, n: int) -> tuple[Tensor, list[str]]:
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         nargs="+",
         default=["paper", "default", "jpeg", "median", "bitdepth"],
-        choices=["paper", "default", "jpeg", "median", "bitdepth"],
+        choices=["paper", "default", "paper-bf16", "default-bf16", "jpeg", "median", "bitdepth"],
+        help="DIP presets (a -bf16 suffix runs the network in bf16, models.purify.engine) and cheap purifiers",
     )
     parser.add_argument("--curve", type=int, default=500, help="evaluate the paper run every this many steps (0: off)")
     parser.add_argument(
@@ -139,12 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         started = time.perf_counter()
         extra: dict[str, Any] = {}
-        if method in PRESETS:
-            cap = args.paper_iterations if method == "paper" else args.default_max_iterations
-            wanted = PRESETS[method].max_iterations if cap is None else cap
+        preset = method.removesuffix("-bf16")
+        if preset in PRESETS:
+            cap = args.paper_iterations if preset == "paper" else args.default_max_iterations
+            wanted = PRESETS[preset].max_iterations if cap is None else cap
             snaps = tuple(range(args.curve, wanted, args.curve)) if method == "paper" and args.curve > 0 else ()
             result = dip_purify(
-                batch, preset=method, max_iterations=cap, seed=args.seed, device=device, snapshots=snaps
+                batch,
+                preset=preset,
+                max_iterations=cap,
+                seed=args.seed,
+                device=device,
+                snapshots=snaps,
+                runtime=DipRuntime(precision="bf16" if method.endswith("-bf16") else "fp32"),
             )
             extra = {
                 "max_iterations": wanted,
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "stopped_by": result.stopped_by,
                 "iterations_per_image": list(result.iterations),
                 "mean_iteration": sum(result.iterations) / len(result.iterations),
+                "runtime": result.params["runtime"],
             }
             for it, img in sorted(result.snapshots.items()):
                 curve[it] = fractions(model, img.to(device), n_fooled)
