@@ -219,6 +219,7 @@ class FastStepper:
         self.eager_runs = {False: 0, True: 0}
         self.use_graphs = self.cuda and runtime.cuda_graphs
         self.pool: Any = None
+        self.side_stream: torch.cuda.Stream | None = None
         self.notes: dict[str, Any] = {
             "engine": "fast",
             "precision": runtime.precision,
@@ -281,12 +282,14 @@ class FastStepper:
                 graph.replay()
                 return outputs
         self.eager_runs[backtrack] += 1
-        if self.use_graphs:  # eager warm-up on a side stream, as CUDA graph capture requires
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+        if self.use_graphs:  # eager warm-up on a side stream, as the CUDA graphs notes prescribe
+            if self.side_stream is None:
+                self.side_stream = torch.cuda.Stream()
+            # Waiting on the current stream first also keeps the allocator's reuse of side-stream blocks safe.
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
                 result = self._compute(first=False, backtrack=backtrack)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
             return result
         return self._compute(first=False, backtrack=backtrack)
 
