@@ -67,14 +67,14 @@ def class_mask(logits: Tensor, y: Tensor) -> Tensor:
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, y[:, None], True)
 
 
-def max_other_logit(logits: Tensor, y: Tensor) -> Tensor:
+def max_other_logit(logits: Tensor, y: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """``max_{j != y} Z_j`` per row.
 
     The other classes' maximum is taken after filling class ``y`` with -inf. Multiplying by a one-hot mask
     instead (``((1 - onehot) * Z).max()``, as torchattacks does) returns 0 whenever every other logit is
     negative, which freezes the CW loss: Carlini & Wagner's f needs the true maximum.
     """
-    return logits.masked_fill(class_mask(logits, y), float("-inf")).amax(dim=1)
+    return logits.masked_fill(class_mask(logits, y) if mask is None else mask, float("-inf")).amax(dim=1)
 
 
 def true_logit(logits: Tensor, y: Tensor) -> Tensor:

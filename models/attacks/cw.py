@@ -67,19 +67,20 @@ class CWResult:
     c: Tensor
 
 
-def cw_objective(logits: Tensor, y: Tensor, *, kappa: float, targeted: bool) -> Tensor:
-    """Carlini & Wagner's f (their f_6) on logits, one value per row."""
-    other, own = max_other_logit(logits, y), true_logit(logits, y)
+def cw_objective(logits: Tensor, y: Tensor, *, kappa: float, targeted: bool, mask: Tensor | None = None) -> Tensor:
+    """Carlini & Wagner's f (their f_6) on logits, one value per row. ``mask`` may pass ``class_mask(logits, y)``
+    when the caller already has it (the CW loop builds it once per set of running samples, not per step)."""
+    other, own = max_other_logit(logits, y, mask=mask), true_logit(logits, y)
     margin = other - own if targeted else own - other
     return margin.clamp(min=-kappa)
 
 
-def cw_success(logits: Tensor, y: Tensor, *, kappa: float, targeted: bool) -> Tensor:
+def cw_success(logits: Tensor, y: Tensor, *, kappa: float, targeted: bool, mask: Tensor | None = None) -> Tensor:
     """The reference's ``compare`` on logits: misclassified with a margin of ``kappa`` (see module doc)."""
-    shift = class_mask(logits, y).to(logits.dtype) * kappa
-    if targeted:
-        return (logits - shift).argmax(dim=1) == y
-    return (logits + shift).argmax(dim=1) != y
+    if kappa != 0:
+        shift = (class_mask(logits, y) if mask is None else mask).to(logits.dtype) * kappa
+        logits = logits - shift if targeted else logits + shift
+    return logits.argmax(dim=1) == y if targeted else logits.argmax(dim=1) != y
 
 
 def _validate(
@@ -142,21 +143,34 @@ def cw_l2(
             # (a slice while all run, so the common case indexes nothing).
             idx: slice | Tensor = slice(None)
             w0_a, x_a, y_a, c_a = w0, x, y, c
+            mask_a: Tensor | None = None  # class mask of the running samples, rebuilt when they change
             for it in range(max_iterations):
-                adv = (torch.tanh(w0_a + modifier[idx]) + 1) / 2
+                # While every sample runs, no indexing at all: each index is a kernel (and a backward one).
+                all_run = isinstance(idx, slice)
+                adv = (torch.tanh(w0_a + (modifier if all_run else modifier[idx])) + 1) / 2
                 logits = model(adv).float()
+                if mask_a is None:
+                    mask_a = class_mask(logits, y_a)
                 l2sq = (adv - x_a).flatten(1).pow(2).sum(dim=1)
-                loss = l2sq + c_a * cw_objective(logits, y_a, kappa=kappa, targeted=targeted)
+                loss = l2sq + c_a * cw_objective(logits, y_a, kappa=kappa, targeted=targeted, mask=mask_a)
                 (modifier.grad,) = torch.autograd.grad(loss.sum(), modifier)
                 with torch.no_grad():
                     # Bookkeeping on the image this iteration evaluated, before the update (as the reference).
-                    succ = cw_success(logits, y_a, kappa=kappa, targeted=targeted)
-                    improved = succ & (l2sq < best_l2sq[idx])
-                    best_l2sq[idx] = torch.where(improved, l2sq, best_l2sq[idx])
-                    best_adv[idx] = torch.where(improved[:, None, None, None], adv, best_adv[idx])
-                    best_c[idx] = torch.where(improved, c_a, best_c[idx])
-                    step_success[idx] |= succ
-                    iterations[idx] += 1
+                    succ = cw_success(logits, y_a, kappa=kappa, targeted=targeted, mask=mask_a)
+                    if all_run:
+                        improved = succ & (l2sq < best_l2sq)
+                        best_l2sq.copy_(torch.where(improved, l2sq, best_l2sq))
+                        best_adv.copy_(torch.where(improved[:, None, None, None], adv, best_adv))
+                        best_c.copy_(torch.where(improved, c_a, best_c))
+                        step_success |= succ
+                        iterations += 1
+                    else:
+                        improved = succ & (l2sq < best_l2sq[idx])
+                        best_l2sq[idx] = torch.where(improved, l2sq, best_l2sq[idx])
+                        best_adv[idx] = torch.where(improved[:, None, None, None], adv, best_adv[idx])
+                        best_c[idx] = torch.where(improved, c_a, best_c[idx])
+                        step_success[idx] |= succ
+                        iterations[idx] += 1
                 optimizer.step()
                 done = it + 1
                 if progress is not None and (done % report_every == 0 or done == max_iterations):
@@ -182,6 +196,7 @@ def cw_l2(
                             break
                         idx = active.nonzero().squeeze(1)
                         w0_a, x_a, y_a, c_a = w0[idx], x[idx], y[idx], c[idx]
+                        mask_a = None
             check_stop(should_stop, (step + 1) * max_iterations)
 
             # Binary search on c, per sample (reference: upper/lower bounds, x10 before the first success).
