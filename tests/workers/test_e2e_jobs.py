@@ -47,7 +47,7 @@ def poll_until(base: str, job_id: str, statuses: set[str], timeout_s: float) -> 
 
 
 def test_purify_job_finishes_with_png_and_scores(processes: Processes, redis_url: str, tiny_checkpoints: Path) -> None:
-    env = service_env(redis_url, tiny_checkpoints)
+    env = service_env(redis_url, tiny_checkpoints, DFG_DIP_CHANNELS_LAST="true")
     base = processes.api(env)
     processes.worker(env)
     job_id = submit(base, method="dip", max_iterations="300", stop="fixed", seed="1")
@@ -57,6 +57,8 @@ def test_purify_job_finishes_with_png_and_scores(processes: Processes, redis_url
     assert info["attempts"] == 1 and info["expires_at"] is not None
     result = info["result"]
     assert result["iterations"] == 300 and result["width"] == 48 and result["height"] == 40
+    # the worker ran the engine its settings asked for (no CUDA here: no graphs)
+    assert result["runtime"] == {"engine": "fast", "precision": "fp32", "channels_last": True, "cuda_graphs": False}
     assert set(result["detectors"]) == {"tiny-vgg", "tiny-resnet"}
     for scores in result["detectors"].values():
         assert 0 <= scores["p_fake_before"] <= 1 and 0 <= scores["p_fake_after"] <= 1
