@@ -3,7 +3,9 @@
 # and each step has a time limit: 8 minutes in all even if every step hits its limit).
 # Usage: bash bench/gpu_suite.sh [OUT_DIR]      (OUT_DIR defaults to runs/gpu-suite)
 # The demo detectors come from checkpoints/; data/demo/test is needed only for the restoration step
-# (make it with `deepfake-guard make-demo-data data/demo`, or carry it to the GPU machine).
+# (make it with `deepfake-guard make-demo-data data/demo`, or carry it to the GPU machine). Wheels in .whl/
+# (e.g. torchattacks for the peer column: `pip download --no-deps -d .whl torchattacks==3.5.1`) are installed
+# into a scratch folder first, so a machine with torch alone and no network can run the whole suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/gpu-suite}"
@@ -18,6 +20,9 @@ run() {  # name, timeout seconds, command...
     echo "!!! $name failed or timed out"; status=1
   fi
 }
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $py -m pip install -q --no-index --no-deps --target /tmp/dfg-site .whl/*.whl && export PYTHONPATH="/tmp/dfg-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 
