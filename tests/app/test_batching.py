@@ -50,3 +50,15 @@ def test_invalid_configuration() -> None:
         MicroBatcher(lock=threading.Lock(), max_batch=0)
     with pytest.raises(ValueError, match="fp16"):
         MicroBatcher(lock=threading.Lock(), precision="fp16")
+
+
+def test_a_failing_batch_fails_its_requests_only(tiny_checkpoints: Path) -> None:
+    loaded = checkpoint.load(tiny_checkpoints / "tiny-vgg")
+    batcher = MicroBatcher(lock=threading.Lock(), max_batch=8)
+    bad = batcher.submit(loaded, torch.rand(1, 5, 32, 32))  # five channels: the backbone raises
+    with pytest.raises(RuntimeError):
+        bad.result(timeout=30)
+    good = batcher.submit(loaded, loaded.detector.preprocess(torch.rand(2, 3, 32, 32)))
+    assert len(good.result(timeout=30)) == 2  # the batcher goes on after a failure
+    batcher.close()
+    assert not batcher._thread.is_alive() and not batcher._deliverer.is_alive()
