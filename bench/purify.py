@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['speedup_vs_reference']:>7.1f}x{row['psnr_to_reference_db']:>10.1f}",
                 flush=True,
             )
+    for r in rows:
+        if "cuda_graphs_error" in r["runtime"]:
+            print(f"!!! {r['config']} batch {r['batch']}: CUDA graph capture failed, ran eagerly: {r['runtime']}")
     latency_rows = latency(args.latency, size, device) if args.latency else []
     for r in latency_rows:
         print(
