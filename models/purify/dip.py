@@ -140,6 +140,31 @@ def resolve_preset(preset: str | DipPreset, *, max_iterations: int | None, stop:
     return chosen
 
 
+def build_setup(x: Tensor, cfg: DipPreset, *, seed: int, device: torch.device) -> StepSetup:
+    """The network, noise and target of a DIP run on ``x``: all that depends on the seed, nothing on the engine."""
+    net_cfg = cfg.net
+    target, (h, w) = _pad_to(x.detach().to(device, torch.float32), net_cfg.multiple, net_cfg.min_size)
+    hp, wp = target.shape[-2:]
+    init_gen = torch.Generator(device="cpu").manual_seed(seed)
+    net = SkipNet(net_cfg, replicas=x.shape[0])
+    net.reset_parameters_(init_gen)
+    net.to(device).train()
+    # One noise draw shared by all replicas, so an image's result is the same alone or batched.
+    base_noise = (torch.rand((1, net_cfg.input_channels, hp, wp), generator=init_gen) * cfg.noise_scale).to(device)
+    return StepSetup(
+        net=net,
+        base_noise=base_noise,
+        target=target,
+        crop=(h, w),
+        jitter_std=cfg.jitter_std,
+        lr=cfg.lr,
+        ema_decay=cfg.ema,
+        backtrack_db=cfg.backtrack_db,
+        backtrack_every=cfg.backtrack_every,
+        jitter_generator=torch.Generator(device=device).manual_seed(seed),
+    )
+
+
 def dip_purify(
     x: Tensor,
     *,
@@ -171,30 +196,10 @@ def dip_purify(
         raise ValueError(f"progress_every must be >= 1, got {progress_every}")
     dev = torch.device(device) if device is not None else x.device
     n = x.shape[0]
-    net_cfg = cfg.net
 
-    target, (h, w) = _pad_to(x.detach().to(dev, torch.float32), net_cfg.multiple, net_cfg.min_size)
+    setup = build_setup(x, cfg, seed=seed, device=dev)
+    target, (h, w) = setup.target, setup.crop
     cropped = target[..., :h, :w]
-    hp, wp = target.shape[-2:]
-
-    init_gen = torch.Generator(device="cpu").manual_seed(seed)
-    net = SkipNet(net_cfg, replicas=n)
-    net.reset_parameters_(init_gen)
-    net.to(dev).train()
-    # One noise draw shared by all replicas, so an image's result is the same alone or batched.
-    base_noise = (torch.rand((1, net_cfg.input_channels, hp, wp), generator=init_gen) * cfg.noise_scale).to(dev)
-    setup = StepSetup(
-        net=net,
-        base_noise=base_noise,
-        target=target,
-        crop=(h, w),
-        jitter_std=cfg.jitter_std,
-        lr=cfg.lr,
-        ema_decay=cfg.ema,
-        backtrack_db=cfg.backtrack_db,
-        backtrack_every=cfg.backtrack_every,
-        jitter_generator=torch.Generator(device=dev).manual_seed(seed),
-    )
     stepper = make_stepper(setup, runtime or DipRuntime())
 
     # Tracked in fixed mode too: the variance trace is what a study of the stop needs.

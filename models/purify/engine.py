@@ -22,9 +22,10 @@ engines follow the same trajectory up to float rounding (tests/models/test_dip_e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -195,18 +196,62 @@ class FlatParameters:
         self.params = params
 
 
-class FastStepper:
-    """The fast engine (module doc): flat parameters, one Adam, optional bf16/channels_last/CUDA graphs."""
+StepOutputs = tuple[Tensor, Tensor]
 
-    def __init__(self, s: StepSetup, runtime: DipRuntime) -> None:
+
+class GraphRunner(Protocol):
+    """Runs eager warm-up steps and records/replays a step; ``CudaGraphs`` is the real one."""
+
+    def warmup(self, fn: Callable[[], StepOutputs]) -> StepOutputs: ...
+
+    def capture(self, fn: Callable[[], StepOutputs]) -> tuple[Callable[[], None], StepOutputs]:
+        """Record ``fn`` without running it; returns a replay function and the outputs each replay rewrites."""
+        ...
+
+
+class CudaGraphs:
+    """CUDA graphs as the PyTorch notes prescribe: warm-up on a side stream, graphs sharing one memory pool."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self.side: torch.cuda.Stream | None = None
+        self.graphs: list[torch.cuda.CUDAGraph] = []  # kept alive as long as their outputs are
+
+    def warmup(self, fn: Callable[[], StepOutputs]) -> StepOutputs:
+        if self.side is None:
+            self.side = torch.cuda.Stream()
+        # Waiting on the current stream first also keeps the allocator's reuse of side-stream blocks safe.
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            outputs = fn()
+        torch.cuda.current_stream().wait_stream(self.side)
+        return outputs
+
+    def capture(self, fn: Callable[[], StepOutputs]) -> tuple[Callable[[], None], StepOutputs]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            outputs = fn()
+        self.pool = graph.pool()
+        self.graphs.append(graph)
+        return graph.replay, outputs
+
+
+class FastStepper:
+    """The fast engine (module doc): flat parameters, one Adam, optional bf16/channels_last/CUDA graphs.
+
+    Steps are of two kinds, plain and backtracking (every ``backtrack_every``-th); with a ``graphs`` runner each
+    kind is recorded once, after it has run eagerly ``warmup_steps`` times (backtracking: once), then replayed.
+    Step 1 is always eager: it creates Adam's state and the EMA, which the recorded steps then update in place.
+    """
+
+    def __init__(self, s: StepSetup, runtime: DipRuntime, graphs: GraphRunner | None = None) -> None:
         self.s = s
         self.runtime = runtime
         self.n = s.target.shape[0]
         device = s.target.device
-        self.cuda = device.type == "cuda"
         self.flat = FlatParameters(s.net, channels_last=runtime.channels_last)
         # capturable keeps Adam's step count on the device, which a replayed graph needs.
-        self.optimiser = torch.optim.Adam([self.flat.data], lr=s.lr, foreach=False, capturable=self.cuda)
+        self.optimiser = torch.optim.Adam([self.flat.data], lr=s.lr, foreach=False, capturable=device.type == "cuda")
         self.ema = torch.empty_like(s.target)
         self.last_psnr = torch.full((self.n,), -float("inf"), device=device)
         self.restores = torch.zeros(self.n, dtype=torch.long, device=device)
@@ -215,23 +260,21 @@ class FastStepper:
         layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
         self.base = s.base_noise.contiguous(memory_format=layout)
         self.saved: list[Tensor] = []
-        self.graphs: dict[bool, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor]]] = {}
+        self.graphs = graphs
+        self.recorded: dict[bool, tuple[Callable[[], None], StepOutputs]] = {}
         self.eager_runs = {False: 0, True: 0}
-        self.use_graphs = self.cuda and runtime.cuda_graphs
-        self.pool: Any = None
-        self.side_stream: torch.cuda.Stream | None = None
         self.notes: dict[str, Any] = {
             "engine": "fast",
             "precision": runtime.precision,
             "channels_last": runtime.channels_last,
-            "cuda_graphs": self.use_graphs,
+            "cuda_graphs": graphs is not None,
         }
 
     def _live(self) -> list[Tensor]:
         state = self.optimiser.state[self.flat.data]
         return [self.flat.data.detach(), state["exp_avg"], state["exp_avg_sq"]]
 
-    def _compute(self, *, first: bool, backtrack: bool) -> tuple[Tensor, Tensor]:
+    def _compute(self, *, first: bool, backtrack: bool) -> StepOutputs:
         """One step on static buffers: no host synchronisation, no data-dependent Python branching."""
         s, n = self.s, self.n
         self.flat.grad.zero_()
@@ -264,50 +307,45 @@ class FastStepper:
         _update_ema_(self.ema, out, first=first, decay=s.ema_decay, dropped=dropped)
         return out, per_image.detach()
 
-    def step(self, step: int) -> tuple[Tensor, Tensor]:
+    def step(self, step: int) -> StepOutputs:
+        """Run step ``step`` (1-based). The returned tensors may be rewritten by the next step: copy to keep."""
         s = self.s
+        # Drawn outside any graph, from the reference's generator: both engines see the same jitter.
         torch.randn(s.base_noise.shape, generator=s.jitter_generator, device=s.target.device, out=self.jitter)
-        first = step == 1
-        backtrack = step > 1 and step % s.backtrack_every == 0
-        if first:
-            out = self._compute(first=True, backtrack=False)
+        if step == 1:
+            outputs = self._compute(first=True, backtrack=False)
             self.saved = [t.detach().clone() for t in self._live()] + [self.ema.clone()]
-            return out
-        if self.use_graphs:
-            graphed = self.graphs.get(backtrack)
-            if graphed is None and self.eager_runs[backtrack] >= (self.runtime.warmup_steps if not backtrack else 1):
-                graphed = self._capture(backtrack)
-            if graphed is not None:
-                graph, outputs = graphed
-                graph.replay()
-                return outputs
+            return outputs
+        backtrack = step % s.backtrack_every == 0
+        if self.graphs is None:
+            return self._compute(first=False, backtrack=backtrack)
+        recorded = self.recorded.get(backtrack)
+        if recorded is None and self.eager_runs[backtrack] >= (1 if backtrack else self.runtime.warmup_steps):
+            recorded = self._record(self.graphs, backtrack)
+            if recorded is None:
+                return self._compute(first=False, backtrack=backtrack)
+        if recorded is not None:
+            replay, outputs = recorded
+            replay()
+            return outputs
         self.eager_runs[backtrack] += 1
-        if self.use_graphs:  # eager warm-up on a side stream, as the CUDA graphs notes prescribe
-            if self.side_stream is None:
-                self.side_stream = torch.cuda.Stream()
-            # Waiting on the current stream first also keeps the allocator's reuse of side-stream blocks safe.
-            self.side_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side_stream):
-                result = self._compute(first=False, backtrack=backtrack)
-            torch.cuda.current_stream().wait_stream(self.side_stream)
-            return result
-        return self._compute(first=False, backtrack=backtrack)
+        return self.graphs.warmup(lambda: self._compute(first=False, backtrack=backtrack))
 
-    def _capture(self, backtrack: bool) -> tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor]] | None:
-        graph = torch.cuda.CUDAGraph()
+    def _record(self, graphs: GraphRunner, backtrack: bool) -> tuple[Callable[[], None], StepOutputs] | None:
         try:
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                outputs = self._compute(first=False, backtrack=backtrack)
+            self.recorded[backtrack] = graphs.capture(lambda: self._compute(first=False, backtrack=backtrack))
         except Exception as exc:  # a capture failure costs speed, never the job: go on eagerly
             log.warning("CUDA graph capture failed, DIP continues eagerly: %s", exc)
-            self.use_graphs = False
+            self.graphs = None
+            self.recorded.clear()
             self.notes["cuda_graphs"] = False
             self.notes["cuda_graphs_error"] = f"{type(exc).__name__}: {exc}"[:300]
             return None
-        self.pool = graph.pool()
-        self.graphs[backtrack] = (graph, outputs)
-        return self.graphs[backtrack]
+        return self.recorded[backtrack]
 
 
 def make_stepper(s: StepSetup, runtime: DipRuntime) -> ReferenceStepper | FastStepper:
-    return ReferenceStepper(s) if runtime.engine == "reference" else FastStepper(s, runtime)
+    if runtime.engine == "reference":
+        return ReferenceStepper(s)
+    graphs = CudaGraphs() if s.target.device.type == "cuda" and runtime.cuda_graphs else None
+    return FastStepper(s, runtime, graphs)

@@ -1,16 +1,21 @@
 """The fast DIP engine against the eager reference it replaces (issue 6, target 4: CPU agreement).
 
-CUDA graphs cannot run here; bench/purify.py compares graphed and eager outputs on the GPU.
+CUDA graphs cannot run here. A recording stand-in for the graph runner drives the engine's capture/replay
+control flow on CPU (narrow unit test: record without running, replay rewrites the same output tensors, as a
+CUDA graph does); bench/purify.py compares real graphed and eager outputs on the GPU.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from models.images import psnr
 from models.purify import DipPreset, SkipNet, dip_purify
-from models.purify.engine import DipRuntime, FlatParameters
+from models.purify.dip import build_setup
+from models.purify.engine import DipRuntime, FastStepper, FlatParameters, ReferenceStepper, StepOutputs
 
 # backtrack_db < 0 restores whenever PSNR did not rise by 0.3 dB: exercises the restore path often.
 RESTORING = DipPreset(name="restoring", backtrack_db=-0.3)
@@ -74,3 +79,54 @@ def test_runtime_validation_names_the_value() -> None:
         DipRuntime(engine="reference", precision="bf16")
     with pytest.raises(ValueError, match="'turbo'"):
         DipRuntime(engine="turbo")  # type: ignore[arg-type]
+
+
+class RecordingGraphs:
+    """Stands in for ``CudaGraphs``: capture runs nothing and hands out placeholder outputs that every replay
+    rewrites in place, which is what a replayed CUDA graph does to the tensors its capture returned."""
+
+    def __init__(self, like: tuple[torch.Size, torch.Size], fail: bool = False) -> None:
+        self.like, self.fail = like, fail
+        self.warmups = self.captures = self.replays = 0
+
+    def warmup(self, fn: Callable[[], StepOutputs]) -> StepOutputs:
+        self.warmups += 1
+        return fn()
+
+    def capture(self, fn: Callable[[], StepOutputs]) -> tuple[Callable[[], None], StepOutputs]:
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures += 1
+        outputs = (torch.full(self.like[0], float("nan")), torch.full(self.like[1], float("nan")))
+
+        def replay() -> None:
+            self.replays += 1
+            for static, fresh in zip(outputs, fn(), strict=True):
+                static.copy_(fresh)
+
+        return replay, outputs
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["replayed", "capture-fails"])
+def test_graphed_control_flow_follows_the_reference(images: torch.Tensor, fail: bool) -> None:
+    steps = 45
+    ref = ReferenceStepper(build_setup(images, RESTORING, seed=0, device=torch.device("cpu")))
+    setup = build_setup(images, RESTORING, seed=0, device=torch.device("cpu"))
+    graphs = RecordingGraphs((setup.target.shape, torch.Size([images.shape[0]])), fail=fail)
+    fast = FastStepper(setup, DipRuntime(), graphs)
+    kept = []
+    for step in range(1, steps + 1):
+        out_ref, loss_ref = ref.step(step)
+        out_fast, loss_fast = fast.step(step)
+        assert torch.allclose(out_fast, out_ref, atol=1e-5, rtol=0), step
+        assert torch.allclose(loss_fast, loss_ref, atol=1e-7, rtol=1e-5), step
+        assert torch.allclose(fast.ema, ref.ema, atol=1e-5, rtol=0), step
+        kept.append(out_fast)
+    assert torch.equal(fast.restores, ref.restores) and int(ref.restores.min()) >= 1
+    if fail:
+        assert graphs.captures == 0 and fast.notes["cuda_graphs"] is False
+        assert "not permitted" in fast.notes["cuda_graphs_error"]
+    else:
+        # plain steps: 3 eager warm-ups (steps 2-4), recorded at 5; backtracking: eager at 10, recorded at 20
+        assert (graphs.warmups, graphs.captures, graphs.replays) == (4, 2, steps - 1 - 4)
+        assert kept[-2] is kept[-3]  # replays hand back the same tensors: callers copy what they keep
