@@ -12,6 +12,8 @@ kernels, so an eager step costs ~16 ms of host time on CPU and GPU alike while t
   backtracking are a handful of kernels instead of ~100 per parameter tensor;
 * on CUDA, records the whole step (forward, backward, backtracking, Adam, EMA) as CUDA graphs and
   replays them, so a step costs one launch of host time (``cuda_graphs``);
+* passes the input noise, identical for every replica, once (``shared_input``): the first layer is then one
+  dense convolution instead of a grouped one over replicated 32-channel full-resolution copies;
 * can run the network in bf16 autocast (``precision="bf16"``; parameters, Adam and the loss stay fp32)
   and in channels_last layout (``channels_last``).
 
@@ -47,6 +49,9 @@ class DipRuntime:
     precision: Precision = "fp32"
     channels_last: bool = False
     cuda_graphs: bool = True  # CUDA only; falls back to eager (and says so) if capture fails
+    # Feed the replicas one shared copy of the input noise (the first layer becomes one dense convolution,
+    # skipnet._GroupedConv); off: each replica gets its own copy, the reference's float rounding exactly.
+    shared_input: bool = True
     warmup_steps: int = 3  # eager steps before the first capture (lazy cuDNN/autograd set-up)
 
     def __post_init__(self) -> None:
@@ -268,6 +273,7 @@ class FastStepper:
             "precision": runtime.precision,
             "channels_last": runtime.channels_last,
             "cuda_graphs": graphs is not None,
+            "shared_input": runtime.shared_input,
         }
 
     def _live(self) -> list[Tensor]:
@@ -278,7 +284,9 @@ class FastStepper:
         """One step on static buffers: no host synchronisation, no data-dependent Python branching."""
         s, n = self.s, self.n
         self.flat.grad.zero_()
-        noise = (self.base + self.jitter * s.jitter_std).expand(n, -1, -1, -1)
+        noise = self.base + self.jitter * s.jitter_std  # one copy, shared by every replica (see skipnet)
+        if not self.runtime.shared_input:
+            noise = noise.expand(n, -1, -1, -1)
         bf16 = self.runtime.precision == "bf16"
         # No autocast cache: cast weights must not outlive a captured graph's step.
         bf16_ctx = torch.autocast(s.target.device.type, dtype=torch.bfloat16, cache_enabled=False)

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -63,7 +64,14 @@ class SkipConfig:
 
 
 class _GroupedConv(nn.Conv2d):
-    """``replicas`` independent convolutions with reflection padding ("same" size at stride 1)."""
+    """``replicas`` independent convolutions with reflection padding ("same" size at stride 1).
+
+    Given one shared copy of the per-replica input (``c_in`` channels instead of ``replicas x c_in``), it computes
+    every replica's output from that copy with one dense convolution: the weights of a grouped convolution,
+    ``(replicas x c_out, c_in, k, k)``, are exactly those of a dense one from ``c_in`` to ``replicas x c_out``
+    channels. The network's input noise is the same for all replicas, so its first layer never materialises
+    ``replicas`` copies of a 32-channel full-resolution tensor.
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, replicas: int, stride: int = 1) -> None:
         super().__init__(
@@ -75,6 +83,13 @@ class _GroupedConv(nn.Conv2d):
             padding_mode="reflect",
             groups=replicas,
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups > 1 and x.shape[1] == self.in_channels // self.groups:
+            p = self.kernel_size[0] // 2  # the "same" padding of the odd square kernel set in __init__
+            x = F.pad(x, (p, p, p, p), mode="reflect")
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, 1)
+        return super().forward(x)
 
 
 def _norm(channels: int, replicas: int) -> nn.BatchNorm2d:
@@ -155,13 +170,15 @@ class SkipNet(nn.Module):
         self.head = _GroupedConv(cfg.channels_up[0], cfg.output_channels, 1, replicas)
 
     def forward(self, noise: Tensor) -> Tensor:
+        """``noise`` is one input per replica (``replicas x C x H x W``) or one shared by all (``1 x C x H x W``)."""
         r, c, h, w = noise.shape
-        if r != self.replicas or c != self.config.input_channels:
+        if r not in (1, self.replicas) or c != self.config.input_channels:
             raise ValueError(
-                f"expected noise {self.replicas} x {self.config.input_channels} x H x W, got {tuple(noise.shape)}"
+                f"expected noise {self.replicas} (or 1, shared) x {self.config.input_channels} x H x W, "
+                f"got {tuple(noise.shape)}"
             )
         out = torch.sigmoid(self.head(self.body(noise.reshape(1, r * c, h, w))))
-        return out.reshape(r, self.config.output_channels, h, w)
+        return out.reshape(self.replicas, self.config.output_channels, h, w)
 
     @torch.no_grad()
     def reset_parameters_(self, generator: torch.Generator) -> None:

@@ -34,10 +34,21 @@ def run(x: torch.Tensor, preset: DipPreset | str, **runtime: object) -> tuple[to
 
 @pytest.mark.parametrize("preset", ["paper", RESTORING], ids=["paper", "restoring"])
 def test_fast_fp32_follows_the_reference_trajectory(images: torch.Tensor, preset: DipPreset | str) -> None:
+    # With a copy of the input per replica the fast engine does the reference's arithmetic in another order
+    # of kernels only: the same trajectory to float rounding.
     ref, ref_restores = run(images, preset, engine="reference")
-    fast, fast_restores = run(images, preset, engine="fast")
+    fast, fast_restores = run(images, preset, engine="fast", shared_input=False)
     assert fast_restores == ref_restores
     assert torch.allclose(fast, ref, atol=1e-5, rtol=0)
+
+
+def test_shared_input_noise_stays_on_the_reference_trajectory(images: torch.Tensor) -> None:
+    # One dense first convolution instead of a grouped one over copies: rounding differs, DIP amplifies it a little.
+    ref, ref_restores = run(images, RESTORING, engine="reference")
+    fast, fast_restores = run(images, RESTORING, engine="fast")
+    assert fast_restores == ref_restores
+    assert psnr(fast, ref).min() >= 45.0
+    assert (psnr(fast, images) - psnr(ref, images)).abs().max() <= 0.05
 
 
 def test_the_restoring_preset_really_restores(images: torch.Tensor) -> None:
@@ -113,7 +124,7 @@ def test_graphed_control_flow_follows_the_reference(images: torch.Tensor, fail: 
     ref = ReferenceStepper(build_setup(images, RESTORING, seed=0, device=torch.device("cpu")))
     setup = build_setup(images, RESTORING, seed=0, device=torch.device("cpu"))
     graphs = RecordingGraphs((setup.target.shape, torch.Size([images.shape[0]])), fail=fail)
-    fast = FastStepper(setup, DipRuntime(), graphs)
+    fast = FastStepper(setup, DipRuntime(shared_input=False), graphs)
     kept = []
     for step in range(1, steps + 1):
         out_ref, loss_ref = ref.step(step)

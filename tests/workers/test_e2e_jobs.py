@@ -58,7 +58,13 @@ def test_purify_job_finishes_with_png_and_scores(processes: Processes, redis_url
     result = info["result"]
     assert result["iterations"] == 300 and result["width"] == 48 and result["height"] == 40
     # the worker ran the engine its settings asked for (no CUDA here: no graphs)
-    assert result["runtime"] == {"engine": "fast", "precision": "fp32", "channels_last": True, "cuda_graphs": False}
+    assert result["runtime"] == {
+        "engine": "fast",
+        "precision": "fp32",
+        "channels_last": True,
+        "cuda_graphs": False,
+        "shared_input": True,
+    }
     assert set(result["detectors"]) == {"tiny-vgg", "tiny-resnet"}
     for scores in result["detectors"].values():
         assert 0 <= scores["p_fake_before"] <= 1 and 0 <= scores["p_fake_after"] <= 1
