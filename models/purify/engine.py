@@ -215,7 +215,12 @@ class GraphRunner(Protocol):
 
 
 class CudaGraphs:
-    """CUDA graphs as the PyTorch notes prescribe: warm-up on a side stream, graphs sharing one memory pool."""
+    """CUDA graphs as the PyTorch notes prescribe: warm-up on a side stream, graphs sharing one memory pool.
+
+    Sharing the pool is safe here although the two graphs replay in any order: a later capture may only place
+    its tensors in memory an earlier graph freed (its temporaries), and the only tensors of a graph that
+    outlive its replay, its outputs, are read before the next step replays anything (``StepOutputs`` doc).
+    """
 
     def __init__(self) -> None:
         self.pool: Any = None
@@ -316,7 +321,8 @@ class FastStepper:
         return out, per_image.detach()
 
     def step(self, step: int) -> StepOutputs:
-        """Run step ``step`` (1-based). The returned tensors may be rewritten by the next step: copy to keep."""
+        """Run step ``step`` (1-based). The returned tensors may be rewritten by the next step (by either graph,
+        which share memory): read or copy them before calling ``step`` again."""
         s = self.s
         # Drawn outside any graph, from the reference's generator: both engines see the same jitter.
         torch.randn(s.base_noise.shape, generator=s.jitter_generator, device=s.target.device, out=self.jitter)
