@@ -28,17 +28,17 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 
 # Issue 3/6: DIP at 512 x 512, every engine configuration side by side with the eager reference, at 1, 8 and 32
 # images per launch, then one image end to end with the fast engine (default and paper presets).
-run purify 130 $py bench/purify.py --device cuda --size 512 --iterations 150 --batch 1 8 32 --latency fast --json "$out/purify.json"
+run purify 150 $py bench/purify.py --device cuda --size 512 --iterations 150 --batch 1 8 32 --latency fast --json "$out/purify.json"
 # Issue 4/6: attacks, batched vs batch-1 loop vs torchattacks (column skipped when it is not installed).
 run attacks 70 $py bench/attacks.py --device cuda --batch 32 --cw-iters 200 --json "$out/attacks.json"
 # The issue-6 configuration: ResNet-50 and VGG-16 at 224 px (random weights: speed does not depend on them).
 run attacks-224 110 $py bench/attacks.py --device cuda --batch 32 --size 224 --cw-iters 100 --loop-images 4 --arch resnet50 vgg16 --json "$out/attacks-224.json"
 # Issue 6: /detect micro-batching vs the raw bf16 model at batch 64 (ResNet-50, 224 px).
-run detect 50 $py bench/detect.py --device cuda --seconds 4 --json "$out/detect.json"
+run detect 40 $py bench/detect.py --device cuda --seconds 4 --json "$out/detect.json"
 # Issue 3/6: restoration of FGSM-fooled demo fakes by DIP: the paper preset (6,000 fixed steps) is the quality
-# bar for the default preset (auto stop) in fp32 and bf16.
+# bar for the default (auto stop) and early (1,000 fixed) presets, the latter in fp32 and bf16.
 if [ -d data/demo/test ]; then
-  run restoration 120 $py bench/restoration.py --device cuda --n 60 --curve 250 --methods paper default default-bf16 jpeg median bitdepth --json "$out/restoration.json"
+  run restoration 110 $py bench/restoration.py --device cuda --n 60 --curve 250 --methods paper default early early-bf16 jpeg median bitdepth --json "$out/restoration.json"
 else
   echo "=== restoration skipped: data/demo/test is missing"
 fi

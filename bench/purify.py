@@ -4,12 +4,12 @@ Runs with torch alone (CPU or CUDA). For every batch size and engine configurati
 long run of the same preset and reports
 
 * ms per step from the difference of the two (steady state), and the set-up cost (graph capture etc.);
-* seconds per image and images per second at the paper preset's 6,000 steps and the default preset's
-  3,000-step cap (its auto stop usually ends earlier: docs/PURIFICATION.md);
+* seconds per image and images per second at the paper preset's 6,000 steps, the default preset's
+  3,000-step cap (its auto stop may end earlier: docs/PURIFICATION.md) and the early preset's 1,000;
 * the speed-up over the eager reference at the same batch, and how far the output is from the
   reference's (PSNR in dB between the two results after the long run; inf = identical).
 
-``--latency`` then runs one image end to end (default and paper presets) with the chosen configuration.
+``--latency`` then runs one image end to end (early, default and paper presets) with the chosen configuration.
 
     python bench/purify.py                          # 512 px on CUDA, 128 px on CPU
     python bench/purify.py --size 512 --batch 1 8 32 --json out/bench-purify.json
@@ -44,6 +44,7 @@ CONFIGS: dict[str, DipRuntime] = {
 }
 PAPER_STEPS = PRESETS["paper"].max_iterations
 DEFAULT_CAP = PRESETS["default"].max_iterations
+EARLY_STEPS = PRESETS["early"].max_iterations
 
 
 def _sync(device: torch.device) -> None:
@@ -80,6 +81,8 @@ def time_config(
         "paper_s_per_image": per_image * PAPER_STEPS / 1000,
         "default_cap_s_per_image": per_image * DEFAULT_CAP / 1000,
         "paper_images_per_s": 1000 / (per_image * PAPER_STEPS),
+        "early_s_per_image": per_image * EARLY_STEPS / 1000,
+        "early_images_per_s": 1000 / (per_image * EARLY_STEPS),
         "psnr_to_reference_db": agreement,
         "image": result.image,
     }
@@ -106,7 +109,7 @@ def test_image(size: int) -> torch.Tensor:
 def latency(name: str, size: int, device: torch.device) -> list[dict[str, Any]]:
     x = test_image(size)
     rows = []
-    for preset in ("default", "paper"):
+    for preset in ("early", "default", "paper"):
         _sync(device)
         started = time.perf_counter()
         result = dip_purify(x, preset=preset, runtime=CONFIGS[name], device=device)
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(0)
     head = f"{'config':<16}{'batch':>6}{'ms/step':>9}{'ms/img-step':>12}{'setup s':>9}{'paper s/img':>12}"
-    print(head + f"{'img/s paper':>12}{'vs ref':>8}{'dB to ref':>10}")
+    print(head + f"{'img/s paper':>12}{'img/s early':>12}{'vs ref':>8}{'dB to ref':>10}")
     for batch in batches:
         x = torch.rand(batch, 3, size, size, generator=gen)
         reference: torch.Tensor | None = None
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"{config:<16}{batch:>6}{row['ms_per_step']:>9.2f}{row['ms_per_image_step']:>12.3f}{row['setup_s']:>9.2f}"
-                f"{row['paper_s_per_image']:>12.1f}{row['paper_images_per_s']:>12.3f}"
+                f"{row['paper_s_per_image']:>12.1f}{row['paper_images_per_s']:>12.3f}{row['early_images_per_s']:>12.3f}"
                 f"{row['speedup_vs_reference']:>7.1f}x{row['psnr_to_reference_db']:>10.1f}",
                 flush=True,
             )

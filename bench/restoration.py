@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         nargs="+",
         default=["paper", "default", "jpeg", "median", "bitdepth"],
-        choices=["paper", "default", "paper-bf16", "default-bf16", "jpeg", "median", "bitdepth"],
+        choices=["paper", "default", "early", "paper-bf16", "default-bf16", "early-bf16", "jpeg", "median", "bitdepth"],
         help="DIP presets (a -bf16 suffix runs the network in bf16, models.purify.engine) and cheap purifiers",
     )
     parser.add_argument("--curve", type=int, default=500, help="evaluate the paper run every this many steps (0: off)")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict[str, Any] = {}
         preset = method.removesuffix("-bf16")
         if preset in PRESETS:
-            cap = args.paper_iterations if preset == "paper" else args.default_max_iterations
+            cap = {"paper": args.paper_iterations, "default": args.default_max_iterations}.get(preset)
             wanted = PRESETS[preset].max_iterations if cap is None else cap
             snaps = tuple(range(args.curve, wanted, args.curve)) if method == "paper" and args.curve > 0 else ()
             result = dip_purify(

@@ -32,7 +32,9 @@ async def purify(
     response: Response,
     file: Annotated[UploadFile, File(description="The image to purify.")],
     method: Annotated[Literal["dip", "jpeg", "median", "bitdepth"], Form()] = "dip",
-    preset: Annotated[Literal["paper", "default"], Form(description="DIP preset.")] = "default",
+    preset: Annotated[
+        Literal["paper", "default", "early"], Form(description="DIP preset (docs/PURIFICATION.md).")
+    ] = "default",
     max_iterations: Annotated[int | None, Form(ge=1, description="DIP iteration cap (preset's if unset).")] = None,
     stop: Annotated[Literal["fixed", "auto"] | None, Form(description="DIP stopping rule (preset's if unset).")] = None,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,

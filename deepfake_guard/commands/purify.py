@@ -14,7 +14,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("image", type=Path, help="input image (JPEG, PNG, WebP or BMP)")
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the purified PNG")
     p.add_argument("--method", choices=METHODS, default="dip")
-    p.add_argument("--preset", choices=("paper", "default"), default="default", help="DIP preset")
+    p.add_argument("--preset", choices=("paper", "default", "early"), default="default", help="DIP preset")
     p.add_argument("--max-iterations", type=int, default=None, help="DIP step cap (overrides the preset)")
     p.add_argument("--stop", choices=("auto", "fixed"), default=None, help="DIP stop rule (overrides the preset)")
     p.add_argument("--seed", type=int, default=0)
