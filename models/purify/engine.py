@@ -24,6 +24,7 @@ engines follow the same trajectory up to float rounding (tests/models/test_dip_e
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -261,7 +262,8 @@ class FastStepper:
         device = s.target.device
         self.flat = FlatParameters(s.net, channels_last=runtime.channels_last)
         # capturable keeps Adam's step count on the device, which a replayed graph needs.
-        self.optimiser = torch.optim.Adam([self.flat.data], lr=s.lr, foreach=False, capturable=device.type == "cuda")
+        capturable = graphs is not None and device.type == "cuda"
+        self.optimiser = torch.optim.Adam([self.flat.data], lr=s.lr, foreach=False, capturable=capturable)
         self.ema = torch.empty_like(s.target)
         self.last_psnr = torch.full((self.n,), -float("inf"), device=device)
         self.restores = torch.zeros(self.n, dtype=torch.long, device=device)
@@ -280,6 +282,12 @@ class FastStepper:
             "cuda_graphs": graphs is not None,
             "shared_input": runtime.shared_input,
         }
+
+    def _eager(self, *, first: bool, backtrack: bool) -> StepOutputs:
+        with warnings.catch_warnings():
+            # torch warns when a capturable optimiser steps outside a graph: expected for the warm-up steps.
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+            return self._compute(first=first, backtrack=backtrack)
 
     def _live(self) -> list[Tensor]:
         state = self.optimiser.state[self.flat.data]
@@ -327,7 +335,7 @@ class FastStepper:
         # Drawn outside any graph, from the reference's generator: both engines see the same jitter.
         torch.randn(s.base_noise.shape, generator=s.jitter_generator, device=s.target.device, out=self.jitter)
         if step == 1:
-            outputs = self._compute(first=True, backtrack=False)
+            outputs = self._eager(first=True, backtrack=False)
             self.saved = [t.detach().clone() for t in self._live()] + [self.ema.clone()]
             return outputs
         backtrack = step % s.backtrack_every == 0
@@ -337,13 +345,13 @@ class FastStepper:
         if recorded is None and self.eager_runs[backtrack] >= (1 if backtrack else self.runtime.warmup_steps):
             recorded = self._record(self.graphs, backtrack)
             if recorded is None:
-                return self._compute(first=False, backtrack=backtrack)
+                return self._eager(first=False, backtrack=backtrack)
         if recorded is not None:
             replay, outputs = recorded
             replay()
             return outputs
         self.eager_runs[backtrack] += 1
-        return self.graphs.warmup(lambda: self._compute(first=False, backtrack=backtrack))
+        return self.graphs.warmup(lambda: self._eager(first=False, backtrack=backtrack))
 
     def _record(self, graphs: GraphRunner, backtrack: bool) -> tuple[Callable[[], None], StepOutputs] | None:
         try:
