@@ -42,5 +42,7 @@ if [ -d data/demo/test ]; then
 else
   echo "=== restoration skipped: data/demo/test is missing"
 fi
+echo "=== issue 6 targets"
+$py bench/summary.py "$out" | tee "$out/summary.txt"
 echo "results in $out"
 exit $status

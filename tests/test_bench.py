@@ -73,3 +73,54 @@ def test_restoration_bench_runs_fp32_and_bf16_presets(tmp_path: Path, demo_test_
     assert results["default-bf16"]["runtime"]["precision"] == "bf16"
     assert results["paper"]["steps"] == 10
     assert set(results) == {"paper", "default-bf16", "jpeg"}
+
+
+def test_summary_judges_each_target_from_the_suite_files(tmp_path: Path) -> None:
+    purify = {
+        "config": {"size": 512},
+        "results": [
+            # fast but far from the reference's output: must not count
+            {
+                "config": "broken",
+                "batch": 32,
+                "psnr_to_reference_db": 12.0,
+                "paper_images_per_s": 9.0,
+                "early_images_per_s": 50.0,
+            },
+            {
+                "config": "fast",
+                "batch": 32,
+                "psnr_to_reference_db": 48.0,
+                "paper_images_per_s": 0.4,
+                "early_images_per_s": 2.4,
+            },
+        ],
+        "latency": [{"config": "fast", "preset": "early", "steps": 1000, "seconds": 3.0}],
+    }
+    restoration = {
+        "results": {
+            "paper": {"restored": 0.5, "reals_kept": 0.9, "steps": 6000},
+            "early": {"restored": 0.6, "reals_kept": 0.85, "steps": 1000},
+        }
+    }
+    detect = {
+        "service_over_raw": 0.8,
+        "service_images_per_s": 800,
+        "raw_images_per_s": 1000,
+        "precision": "bf16",
+        "service_mean_batch": 50.0,
+        "p50_over_forward": 1.1,
+    }
+    for name, data in (("purify", purify), ("restoration", restoration), ("detect", detect)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "summary.py"), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {r["target"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert rows["DIP 512 px, paper preset: >= 1 image/s"]["met"] is False  # the 9 img/s config is excluded
+    assert rows["DIP 512 px, early preset: >= 1 image/s"]["met"] is True
+    assert rows["DIP one image, early preset: <= 10 s"]["met"] is True
+    assert rows["DIP early: restoration no worse than paper"]["met"] is False  # fewer reals kept
+    assert rows["/detect service >= 70% of raw batch-64 throughput"]["met"] is True
+    assert any(r["met"] is None and r["figure"] == "not measured" for r in rows.values())  # no attacks file
