@@ -199,7 +199,6 @@ class FlatParameters:
             owners.append(torch.arange(replicas, device=device, dtype=torch.int32).repeat_interleave(count // replicas))
             offset += count
         self.replica_of = torch.cat(owners)  # int32: 4 bytes per parameter per image (2.3 MB each)
-        self.params = params
 
 
 StepOutputs = tuple[Tensor, Tensor]
@@ -313,16 +312,13 @@ class FastStepper:
         with torch.no_grad():
             if backtrack:
                 current = dip_psnr(out[..., : s.crop[0], : s.crop[1]], self.cropped)
-                dropped = current < self.last_psnr - s.backtrack_db
+                # The EMA has one row per replica, as backtrack_ expects; the flat buffers need a per-element mask.
+                dropped = backtrack_([self.ema], self.saved[3:], current, self.last_psnr, drop_db=s.backtrack_db)
                 mask = dropped.index_select(0, self.flat.replica_of)
                 self.restores += dropped
                 for cur, old in zip(self._live(), self.saved[:3], strict=True):
                     cur.copy_(torch.where(mask, old, cur))
                     old.copy_(cur)
-                ema_rows, saved_rows = self.ema.view(n, -1), self.saved[3].view(n, -1)
-                ema_rows.copy_(torch.where(dropped.view(n, 1), saved_rows, ema_rows))
-                saved_rows.copy_(ema_rows)
-                self.last_psnr.copy_(torch.where(dropped, self.last_psnr, current))
                 self.flat.grad.masked_fill_(mask, 0.0)
         self.optimiser.step()
         _update_ema_(self.ema, out, first=first, decay=s.ema_decay, dropped=dropped)
