@@ -145,9 +145,9 @@ def cw_l2(
             w0_a, x_a, y_a, c_a = w0, x, y, c
             mask_a: Tensor | None = None  # class mask of the running samples, rebuilt when they change
             for it in range(max_iterations):
-                # While every sample runs, no indexing at all: each index is a kernel (and a backward one).
-                all_run = isinstance(idx, slice)
-                adv = (torch.tanh(w0_a + (modifier if all_run else modifier[idx])) + 1) / 2
+                # While every sample runs, the modifier is not indexed: a slice of it would cost a full-size
+                # zero-fill and copy in the backward pass.
+                adv = (torch.tanh(w0_a + (modifier if isinstance(idx, slice) else modifier[idx])) + 1) / 2
                 logits = model(adv).float()
                 if mask_a is None:
                     mask_a = class_mask(logits, y_a)
@@ -157,20 +157,12 @@ def cw_l2(
                 with torch.no_grad():
                     # Bookkeeping on the image this iteration evaluated, before the update (as the reference).
                     succ = cw_success(logits, y_a, kappa=kappa, targeted=targeted, mask=mask_a)
-                    if all_run:
-                        improved = succ & (l2sq < best_l2sq)
-                        best_l2sq.copy_(torch.where(improved, l2sq, best_l2sq))
-                        best_adv.copy_(torch.where(improved[:, None, None, None], adv, best_adv))
-                        best_c.copy_(torch.where(improved, c_a, best_c))
-                        step_success |= succ
-                        iterations += 1
-                    else:
-                        improved = succ & (l2sq < best_l2sq[idx])
-                        best_l2sq[idx] = torch.where(improved, l2sq, best_l2sq[idx])
-                        best_adv[idx] = torch.where(improved[:, None, None, None], adv, best_adv[idx])
-                        best_c[idx] = torch.where(improved, c_a, best_c[idx])
-                        step_success[idx] |= succ
-                        iterations[idx] += 1
+                    improved = succ & (l2sq < best_l2sq[idx])
+                    best_l2sq[idx] = torch.where(improved, l2sq, best_l2sq[idx])
+                    best_adv[idx] = torch.where(improved[:, None, None, None], adv, best_adv[idx])
+                    best_c[idx] = torch.where(improved, c_a, best_c[idx])
+                    step_success[idx] |= succ
+                    iterations[idx] += 1
                 optimizer.step()
                 done = it + 1
                 if progress is not None and (done % report_every == 0 or done == max_iterations):
