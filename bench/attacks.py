@@ -15,11 +15,10 @@ Both CW columns report their success rate (arg-max moved off the label, judged i
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchio import save_report
 
 from models import checkpoint, registry
 from models.attacks import cw_l2, fgsm, pgd
@@ -162,16 +163,17 @@ def bench_attack(
     return row
 
 
-def bench_model(label: str, model: nn.Module, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+def bench_model(
+    label: str, model: nn.Module, args: argparse.Namespace, device: torch.device
+) -> Iterator[dict[str, Any]]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    rows = []
     for name in ("fgsm", "pgd", "cw_l2"):
-        rows.append(bench_attack(name, label, model, x, y, args, device))
-        print(_format(rows[-1]), flush=True)
-    return rows
+        row = bench_attack(name, label, model, x, y, args, device)
+        print(_format(row), flush=True)
+        yield row
 
 
 HEADER = (
@@ -231,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"# {info}", flush=True)
     print(HEADER, flush=True)
-    rows = []
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(eps=EPS, pgd_steps=PGD_STEPS, pgd_step_size=PGD_STEP_SIZE)
+    rows: list[dict[str, Any]] = []
+    report = {**info, "config": config, "rows": rows}
     for label, model in detectors(args, device).items():
-        rows += bench_model(label, model, args, device)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        config.update(eps=EPS, pgd_steps=PGD_STEPS, pgd_step_size=PGD_STEP_SIZE)
-        args.json.write_text(json.dumps({**info, "config": config, "rows": rows}, indent=2) + "\n")
+        for row in bench_model(label, model, args, device):
+            rows.append(row)
+            save_report(args.json, report, complete=False)  # a run stopped at a time limit keeps its rows
+    save_report(args.json, report, complete=True)
     return 0
 
 

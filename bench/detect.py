@@ -13,7 +13,6 @@ Usage: python bench/detect.py [--device cuda] [--arch resnet50 --size 224] [--js
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchio import save_report
 
 from app.batching import MicroBatcher
 from models import registry
@@ -167,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{label:<32}{service:>10.1f} img/s  (mean batch {mean_batch:.1f})  ratio {ratio_s:.2f}  target >= 0.70")
     print(f"{'forward, batch 1':<32}{fwd_ms:>10.2f} ms")
     print(f"{'lone request p50 / p95':<32}{p50_ms:>10.2f} ms / {p95_ms:.2f} ms  ratio {ratio_l:.2f}  target <= 1.5")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    save_report(args.json, out, complete=True)
     return 0
 
 

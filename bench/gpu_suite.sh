@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 3, 4 and 6 in one run (torch alone; expected 5-7 minutes on an H100/H200,
-# and each step has a time limit: 8 minutes in all even if every step hits its limit).
+# Every GPU measurement of issues 3, 4 and 6 in one run (expected 5-7 minutes on an H100/H200, and each step has a
+# time limit: 8 minutes in all even if every step hits its limit). It needs torch, torchvision, numpy, pillow and
+# safetensors, no service package (tests/test_bench.py runs each script with those made unimportable). Every
+# script rewrites its JSON after each row, so a step stopped at its limit keeps what it measured ("partial").
 # Usage: bash bench/gpu_suite.sh [OUT_DIR]      (OUT_DIR defaults to runs/gpu-suite)
 # The demo detectors come from checkpoints/; data/demo/test is needed only for the restoration step
 # (make it with `deepfake-guard make-demo-data data/demo`, or carry it to the GPU machine). Wheels in .whl/
@@ -26,19 +28,21 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 
-# Issue 3/6: DIP at 512 x 512, every engine configuration side by side with the eager reference, at 1, 8 and 32
-# images per launch, then one image end to end with the fast engine (default and paper presets).
-run purify 150 $py bench/purify.py --device cuda --size 512 --iterations 150 --batch 1 8 32 --latency fast --json "$out/purify.json"
+# Issue 3/6: one 512 x 512 image end to end with the fast engine (early, then default preset; the paper preset's
+# time follows from the sweep's steady ms/step), then every engine configuration side by side with the eager
+# reference at 1, 8 and 32 images per launch. Separate steps, so a slow sweep cannot cost the latency figures.
+run purify-latency 45 $py bench/purify.py --device cuda --size 512 --latency fast --latency-only --latency-presets early default --json "$out/purify-latency.json"
+run purify 135 $py bench/purify.py --device cuda --size 512 --iterations 150 --batch 1 8 32 --json "$out/purify.json"
 # Issue 4/6: attacks, batched vs batch-1 loop vs torchattacks (column skipped when it is not installed).
-run attacks 70 $py bench/attacks.py --device cuda --batch 32 --cw-iters 200 --json "$out/attacks.json"
+run attacks 60 $py bench/attacks.py --device cuda --batch 32 --cw-iters 200 --json "$out/attacks.json"
 # The issue-6 configuration: ResNet-50 and VGG-16 at 224 px (random weights: speed does not depend on them).
-run attacks-224 110 $py bench/attacks.py --device cuda --batch 32 --size 224 --cw-iters 100 --loop-images 4 --arch resnet50 vgg16 --json "$out/attacks-224.json"
+run attacks-224 100 $py bench/attacks.py --device cuda --batch 32 --size 224 --cw-iters 100 --loop-images 4 --arch resnet50 vgg16 --json "$out/attacks-224.json"
 # Issue 6: /detect micro-batching vs the raw bf16 model at batch 64 (ResNet-50, 224 px).
 run detect 40 $py bench/detect.py --device cuda --seconds 4 --json "$out/detect.json"
 # Issue 3/6: restoration of FGSM-fooled demo fakes by DIP: the paper preset (6,000 fixed steps) is the quality
 # bar for the default (auto stop) and early (1,000 fixed) presets, the latter in fp32 and bf16.
 if [ -d data/demo/test ]; then
-  run restoration 110 $py bench/restoration.py --device cuda --n 60 --curve 250 --methods paper default early early-bf16 jpeg median bitdepth --json "$out/restoration.json"
+  run restoration 100 $py bench/restoration.py --device cuda --n 60 --curve 250 --methods paper default early early-bf16 jpeg median bitdepth --json "$out/restoration.json"
 else
   echo "=== restoration skipped: data/demo/test is missing"
 fi

@@ -9,16 +9,18 @@ long run of the same preset and reports
 * the speed-up over the eager reference at the same batch, and how far the output is from the
   reference's (PSNR in dB between the two results after the long run; inf = identical).
 
-``--latency`` then runs one image end to end (early, default and paper presets) with the chosen configuration.
+``--latency`` then runs one image end to end with the chosen configuration (``--latency-presets``: early,
+default and paper), before any batch sweep; ``--latency-only`` skips the sweep. The JSON is rewritten after
+every row, so a run stopped at a time limit keeps what it measured (``"complete": false``).
 
     python bench/purify.py                          # 512 px on CUDA, 128 px on CPU
     python bench/purify.py --size 512 --batch 1 8 32 --json out/bench-purify.json
+    python bench/purify.py --latency fast --latency-only --json out/bench-latency.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -29,6 +31,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchio import save_report
 
 from models.images import psnr
 from models.purify import PRESETS, PURIFIERS, dip_purify
@@ -55,8 +59,11 @@ def _sync(device: torch.device) -> None:
 def timed_run(x: torch.Tensor, steps: int, runtime: DipRuntime, device: torch.device) -> tuple[float, Any]:
     _sync(device)
     started = time.perf_counter()
-    result = dip_purify(x, preset="default", max_iterations=steps, runtime=runtime, device=device)
+    # A fixed step count: the auto stop could end a timed run early. The stop statistics are computed either way.
+    result = dip_purify(x, preset="default", max_iterations=steps, stop="fixed", runtime=runtime, device=device)
     _sync(device)
+    if result.steps != steps:
+        raise RuntimeError(f"asked for {steps} steps, ran {result.steps}")
     return time.perf_counter() - started, result
 
 
@@ -106,25 +113,21 @@ def test_image(size: int) -> torch.Tensor:
     return (smooth + noise * 8 / 255).clamp(0, 1)
 
 
-def latency(name: str, size: int, device: torch.device) -> list[dict[str, Any]]:
-    x = test_image(size)
-    rows = []
-    for preset in ("early", "default", "paper"):
-        _sync(device)
-        started = time.perf_counter()
-        result = dip_purify(x, preset=preset, runtime=CONFIGS[name], device=device)
-        _sync(device)
-        rows.append(
-            {
-                "config": name,
-                "preset": preset,
-                "steps": result.steps,
-                "stopped_by": result.stopped_by,
-                "seconds": time.perf_counter() - started,
-                "psnr_to_input_db": float(psnr(result.image, x).mean()),
-            }
-        )
-    return rows
+def latency(name: str, preset: str, x: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """One image end to end (set-up, graph capture, every step, the result back on the host)."""
+    _sync(device)
+    started = time.perf_counter()
+    result = dip_purify(x, preset=preset, runtime=CONFIGS[name], device=device)
+    _sync(device)
+    return {
+        "config": name,
+        "preset": preset,
+        "steps": result.steps,
+        "stopped_by": result.stopped_by,
+        "seconds": time.perf_counter() - started,
+        "psnr_to_input_db": float(psnr(result.image, x).mean()),
+        "runtime": result.params["runtime"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="images per run (default 1 8 CUDA, 1 CPU)")
     parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS), help="default: all that apply")
     parser.add_argument("--latency", default=None, choices=sorted(CONFIGS), help="also run one image end to end")
+    parser.add_argument("--latency-presets", nargs="+", default=["early", "default", "paper"], choices=sorted(PRESETS))
+    parser.add_argument("--latency-only", action="store_true", help="with --latency: no batch sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick algorithms by timing them")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -156,10 +161,38 @@ def main(argv: list[str] | None = None) -> int:
         configs = ["reference", *configs]
     if size < 1 or steps <= short or min(batches) < 1:
         raise SystemExit(f"--size and --batch must be positive and --iterations > {short}")
+    if args.latency_only and args.latency is None:
+        raise SystemExit("--latency-only needs --latency CONFIG")
+    if args.latency_only:
+        batches = []
     device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
     print(f"device={device} ({device_name}), torch {torch.__version__}, {size}x{size}, steps {short} and {steps}")
 
     rows: list[dict[str, Any]] = []
+    latency_rows: list[dict[str, Any]] = []
+    cheap: list[dict[str, Any]] = []
+    report = {
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "config": {"size": size, "steps_long": steps, "steps_short": short, "batches": batches, "preset": "default"},
+        "note": "seconds per image extrapolate the steady ms/step to 6,000 (paper), 3,000 (default cap) and 1,000 "
+        "(early) steps; the paper took ~1,800 s per image (10,000 steps on a K80)",
+        "results": rows,
+        "latency": latency_rows,
+        "cheap": cheap,
+    }
+    for preset in args.latency_presets if args.latency else []:
+        r = latency(args.latency, preset, test_image(size), device)
+        latency_rows.append(r)
+        save_report(args.json, report, complete=False)
+        print(
+            f"latency {r['config']} {r['preset']}: one {size}px image {r['seconds']:.1f} s "
+            f"({r['steps']} steps, {r['stopped_by']}; paper took ~1,800 s)",
+            flush=True,
+        )
     gen = torch.Generator().manual_seed(0)
     head = f"{'config':<16}{'batch':>6}{'ms/step':>9}{'ms/img-step':>12}{'setup s':>9}{'paper s/img':>12}"
     print(head + f"{'img/s paper':>12}{'img/s early':>12}{'vs ref':>8}{'dB to ref':>10}")
@@ -179,40 +212,22 @@ def main(argv: list[str] | None = None) -> int:
                 reference, ref_ms = image, row["ms_per_step"]
             row["speedup_vs_reference"] = ref_ms / row["ms_per_step"]
             rows.append(row)
+            save_report(args.json, report, complete=False)
             print(
                 f"{config:<16}{batch:>6}{row['ms_per_step']:>9.2f}{row['ms_per_image_step']:>12.3f}{row['setup_s']:>9.2f}"
                 f"{row['paper_s_per_image']:>12.1f}{row['paper_images_per_s']:>12.3f}{row['early_images_per_s']:>12.3f}"
                 f"{row['speedup_vs_reference']:>7.1f}x{row['psnr_to_reference_db']:>10.1f}",
                 flush=True,
             )
-    for r in rows:
+    for r in rows + latency_rows:
         if "cuda_graphs_error" in r["runtime"]:
-            print(f"!!! {r['config']} batch {r['batch']}: CUDA graph capture failed, ran eagerly: {r['runtime']}")
-    latency_rows = latency(args.latency, size, device) if args.latency else []
-    for r in latency_rows:
-        print(
-            f"latency {r['config']} {r['preset']}: one {size}px image {r['seconds']:.1f} s "
-            f"({r['steps']} steps, {r['stopped_by']}; paper took ~1,800 s)"
-        )
-    x1 = torch.rand(1, 3, size, size, generator=gen)
-    cheap = [time_cheap(c, x1, repeats=5) for c in ("jpeg", "median", "bitdepth")]
-    print("cheap purifiers, s/image: " + ", ".join(f"{c['method']} {c['seconds_per_image']:.4f}" for c in cheap))
-    report = {
-        "device": str(device),
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cudnn_benchmark": args.cudnn_benchmark,
-        "config": {"size": size, "steps_long": steps, "steps_short": short, "batches": batches, "preset": "default"},
-        "note": "seconds per image extrapolate the steady ms/step to 6,000 (paper) and 3,000 (default cap) steps; "
-        "the paper took ~1,800 s per image (10,000 steps on a K80)",
-        "results": rows,
-        "latency": latency_rows,
-        "cheap": cheap,
-    }
+            print(f"!!! {r['config']}: CUDA graph capture failed, ran eagerly: {r['runtime']}")
+    if not args.latency_only:
+        x1 = torch.rand(1, 3, size, size, generator=gen)
+        cheap += [time_cheap(c, x1, repeats=5) for c in ("jpeg", "median", "bitdepth")]
+        print("cheap purifiers, s/image: " + ", ".join(f"{c['method']} {c['seconds_per_image']:.4f}" for c in cheap))
+    save_report(args.json, report, complete=True)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     return 0
 

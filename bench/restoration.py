@@ -17,7 +17,6 @@ fractions at intermediate iterations (snapshots of the same run), which shows wh
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchio import save_report
 
 from models import checkpoint
 from models.detector import FAKE_INDEX, REAL_INDEX, Detector
@@ -138,6 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     curve: dict[int, dict[str, Any]] = {}
     per_image_verdicts: dict[str, list[int]] = {}
+    report = {
+        "checkpoint": args.checkpoint,
+        "sha256": loaded.sha256,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": {
+            "n_per_class": args.n,
+            "eps": args.eps,
+            "attack": "FGSM white-box, 8-bit quantised",
+            "paper_iterations": args.paper_iterations or PRESETS["paper"].max_iterations,
+            "paper_iterations_cut": args.paper_iterations is not None and args.paper_iterations < 6000,
+            "default_max_iterations": args.default_max_iterations or PRESETS["default"].max_iterations,
+            "seed": args.seed,
+            "data": str(args.data),
+        },
+        "counts": {
+            "fakes": args.n,
+            "fakes_detected_clean": int(clean_fake_ok.sum()),
+            "fooled": n_fooled,
+            "reals": args.n,
+            "reals_called_real": n_real,
+        },
+        "files": {
+            "fooled": [n for n, f in zip(fake_names, fooled.tolist(), strict=True) if f],
+            "reals": [n for n, r in zip(real_names, reals_ok.tolist(), strict=True) if r],
+        },
+        "results": rows,
+        "paper_curve": {},
+        "paper_curve_verdicts": per_image_verdicts,
+    }
     for method in args.methods:
         started = time.perf_counter()
         extra: dict[str, Any] = {}
@@ -185,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  ({r['seconds']:.0f} s{', steps ' + str(r['steps']) if 'steps' in r else ''})",
             flush=True,
         )
+        report["paper_curve"] = {str(k): v for k, v in sorted(curve.items())}
+        save_report(args.json, report, complete=False)  # a run stopped at a time limit keeps what it measured
 
     print(f"\n{'method':<10}{'iterations':>12}{'restored':>10}{'reals kept':>12}{'seconds':>9}")
     print(f"{'none':<10}{'-':>12}{0.0:>10.2f}{1.0:>12.2f}{0:>9}")
@@ -197,40 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             + "  ".join(f"{it}: {c['restored']:.2f}/{c['reals_kept']:.2f}" for it, c in sorted(curve.items()))
             + "  (restored/reals kept)"
         )
-    report = {
-        "checkpoint": args.checkpoint,
-        "sha256": loaded.sha256,
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "config": {
-            "n_per_class": args.n,
-            "eps": args.eps,
-            "attack": "FGSM white-box, 8-bit quantised",
-            "paper_iterations": args.paper_iterations or PRESETS["paper"].max_iterations,
-            "paper_iterations_cut": args.paper_iterations is not None and args.paper_iterations < 6000,
-            "default_max_iterations": args.default_max_iterations or PRESETS["default"].max_iterations,
-            "seed": args.seed,
-            "data": str(args.data),
-        },
-        "counts": {
-            "fakes": args.n,
-            "fakes_detected_clean": int(clean_fake_ok.sum()),
-            "fooled": n_fooled,
-            "reals": args.n,
-            "reals_called_real": n_real,
-        },
-        "files": {
-            "fooled": [n for n, f in zip(fake_names, fooled.tolist(), strict=True) if f],
-            "reals": [n for n, r in zip(real_names, reals_ok.tolist(), strict=True) if r],
-        },
-        "results": rows,
-        "paper_curve": {str(k): v for k, v in sorted(curve.items())},
-        "paper_curve_verdicts": per_image_verdicts,
-    }
+    save_report(args.json, report, complete=True)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

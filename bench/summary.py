@@ -1,8 +1,9 @@
 """Issue 6's targets against what a bench/gpu_suite.sh run measured: one table, met or not, from its JSON files.
 
-    python bench/summary.py runs/gpu-suite            # reads purify/attacks-224/detect/restoration.json there
+    python bench/summary.py runs/gpu-suite   # reads purify, purify-latency, attacks-224, detect, restoration.json
 
-Each row names its source file and the figure it judges. A missing file or field reads "not measured".
+Each row names its source file and the figure it judges. A missing file or field reads "not measured"; a file
+that a time limit cut short (``"complete": false``) is judged on the rows it holds and its source says "partial".
 DIP speed only counts configurations whose output stays within ``--min-db`` of the eager reference's.
 """
 
@@ -18,18 +19,23 @@ Row = dict[str, Any]
 
 def load(folder: Path, name: str) -> dict[str, Any] | None:
     path = folder / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None  # type: ignore[no-any-return]
+    if not path.exists():
+        return None
+    report: dict[str, Any] = json.loads(path.read_text())
+    report["source"] = path.name if report.get("complete", True) else f"{path.name} (partial)"
+    return report
 
 
 def row(target: str, figure: str, met: bool | None, source: str) -> Row:
     return {"target": target, "figure": figure, "met": met, "source": source}
 
 
-def dip_rows(purify: dict[str, Any] | None, min_db: float) -> list[Row]:
-    if purify is None:
-        return [row("DIP 512 px: >= 1 image/s, <= 10 s for one image", "not measured", None, "purify.json")]
+def dip_rows(purify: dict[str, Any] | None, latency: dict[str, Any] | None, min_db: float) -> list[Row]:
+    rows = latency_rows(latency or purify)
+    if purify is None or not purify["results"]:
+        return [row("DIP 512 px: >= 1 image/s", "not measured", None, "purify.json"), *rows]
     ok = [r for r in purify["results"] if r["psnr_to_reference_db"] >= min_db]
-    rows = []
+    speed = []
     for preset, key in (("paper", "paper_images_per_s"), ("early", "early_images_per_s")):
         best = max(ok, key=lambda r: r[key], default=None)
         figure = (
@@ -37,24 +43,29 @@ def dip_rows(purify: dict[str, Any] | None, min_db: float) -> list[Row]:
             if best is None
             else f"{best[key]:.2f} img/s ({best['config']}, batch {best['batch']})"
         )
-        rows.append(
+        speed.append(
             row(
                 f"DIP {purify['config']['size']} px, {preset} preset: >= 1 image/s",
                 figure,
                 None if best is None else best[key] >= 1.0,
-                "purify.json",
+                purify["source"],
             )
         )
-    for lat in purify.get("latency", []):
-        rows.append(
-            row(
-                f"DIP one image, {lat['preset']} preset: <= 10 s",
-                f"{lat['seconds']:.1f} s ({lat['steps']} steps, {lat['config']})",
-                lat["seconds"] <= 10.0,
-                "purify.json",
-            )
+    return speed + rows
+
+
+def latency_rows(report: dict[str, Any] | None) -> list[Row]:
+    if report is None or not report.get("latency"):
+        return [row("DIP one image: <= 10 s", "not measured", None, "purify-latency.json")]
+    return [
+        row(
+            f"DIP one {report['config']['size']} px image, {lat['preset']} preset: <= 10 s",
+            f"{lat['seconds']:.1f} s ({lat['steps']} steps, {lat['config']})",
+            lat["seconds"] <= 10.0,
+            report["source"],
         )
-    return rows
+        for lat in report["latency"]
+    ]
 
 
 def restoration_rows(restoration: dict[str, Any] | None) -> list[Row]:
@@ -73,7 +84,7 @@ def restoration_rows(restoration: dict[str, Any] | None) -> list[Row]:
                 f"restored {r['restored']:.2f} vs {bar['restored']:.2f}, reals kept {r['reals_kept']:.2f} "
                 f"vs {bar['reals_kept']:.2f}",
                 met,
-                "restoration.json",
+                restoration["source"],
             )
         )
     return rows
@@ -91,7 +102,7 @@ def attack_rows(attacks: dict[str, Any] | None) -> list[Row]:
                 f"CW-L2 {r['model']}: >= 20x the batch-1 loop",
                 f"{r['batched_over_loop']:.1f}x",
                 r["batched_over_loop"] >= 20,
-                "attacks-224.json",
+                attacks["source"],
             )
         )
         per_it = r.get("ours_over_torchattacks_per_iteration")
@@ -101,7 +112,7 @@ def attack_rows(attacks: dict[str, Any] | None) -> list[Row]:
                     f"CW-L2 {r['model']}: faster than torchattacks",
                     "torchattacks not installed",
                     None,
-                    "attacks-224.json",
+                    attacks["source"],
                 )
             )
             continue
@@ -112,7 +123,7 @@ def attack_rows(attacks: dict[str, Any] | None) -> list[Row]:
                 f"{per_it:.2f}x, success {r['ours_success']:.2f} vs {r['torchattacks_success']:.2f} "
                 f"(it ran {r['torchattacks_iterations']} of {r['iterations']})",
                 per_it > 1.0 and better,
-                "attacks-224.json",
+                attacks["source"],
             )
         )
     return rows
@@ -128,13 +139,13 @@ def detect_rows(detect: dict[str, Any] | None) -> list[Row]:
             f"{detect['raw_images_per_s']:.0f} img/s, {detect['precision']}, "
             f"mean batch {detect['service_mean_batch']:.1f})",
             detect["service_over_raw"] >= 0.7,
-            "detect.json",
+            detect["source"],
         ),
         row(
             "/detect lone request p50 <= 1.5 x forward",
             f"{detect['p50_over_forward']:.2f}",
             detect["p50_over_forward"] <= 1.5,
-            "detect.json",
+            detect["source"],
         ),
     ]
 
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-db", type=float, default=35.0, help="quality bound for DIP speed (dB to reference)")
     args = parser.parse_args(argv)
     rows = [
-        *dip_rows(load(args.folder, "purify"), args.min_db),
+        *dip_rows(load(args.folder, "purify"), load(args.folder, "purify-latency"), args.min_db),
         *restoration_rows(load(args.folder, "restoration")),
         *attack_rows(load(args.folder, "attacks-224")),
         *detect_rows(load(args.folder, "detect")),
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(r["target"]) for r in rows)
     for r in rows:
         verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
-        print(f"{r['target']:<{width}}  {verdict:<8} {r['figure']}")
+        print(f"{r['target']:<{width}}  {verdict:<8} {r['figure']}  [{r['source']}]")
     (args.folder / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
