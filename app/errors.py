@@ -6,16 +6,24 @@ the cause of an unexpected failure.
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.images import EmptyImage, ImageError, ImageTooLarge, InvalidImage, UnsupportedImage
 
 PROBLEM_JSON = "application/problem+json"
+
+log = logging.getLogger("deepfake_guard.api")
 
 
 class ProblemError(Exception):
@@ -97,6 +105,26 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redis_problem_detail(exc: RedisError, redis_url: str | None) -> str:
+    """What went wrong with Redis, for a client: redis-py's own message, with any credentials of the URL masked."""
+    message = str(exc) or type(exc).__name__
+    secrets: set[str] = set()
+    if redis_url:
+        parts = urlsplit(redis_url)
+        if parts.password:
+            secrets.add(parts.password)
+        secrets.update(parse_qs(parts.query).get("password", []))
+    for secret in sorted(secrets | {unquote(s) for s in secrets}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    message = _URL_USERINFO.sub("***@", message)  # any other URL with user:password@ in it
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):  # AuthenticationError and BusyLoadingError too
+        return f"Redis is not reachable: {message}"
+    return f"Redis failed: {message}"
+
+
 def _format_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     errors = []
     parts = []
@@ -120,6 +148,14 @@ def install_error_handlers(app: FastAPI) -> None:
         status, title = next((v for k, v in _IMAGE_STATUS.items() if isinstance(exc, k)), (422, "Invalid image"))
         return problem(status, title, str(exc), request)
 
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        # Redis down, restarting, loading its AOF or too slow (DFG_REDIS_TIMEOUT_S): the client may retry.
+        settings = request.app.state.settings
+        detail = redis_problem_detail(exc, settings.redis_url)
+        log.warning("%s %s: 503, %s", request.method, request.url.path, detail)
+        return problem(503, ServiceUnavailable.title, detail, request, {"Retry-After": str(settings.retry_after_s)})
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail, errors = _format_validation(exc)
@@ -134,3 +170,39 @@ def install_error_handlers(app: FastAPI) -> None:
             request,
             dict(exc.headers or {}),
         )
+
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details; `detail` names the problem and the offending value.",
+    "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {
+        "type": {"type": "string", "example": "about:blank"},
+        "title": {"type": "string", "example": "Invalid parameter"},
+        "status": {"type": "integer", "example": 422},
+        "detail": {"type": "string", "example": "eps must be in (0, 1], got 2.0"},
+        "instance": {"type": "string", "example": "/attack"},
+        "errors": {
+            "type": "array",
+            "description": "request validation errors only: one per field",
+            "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}},
+        },
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for a route's error statuses, in the media type the handlers above really send."""
+    meaning = {
+        404: "Unknown model or job",
+        409: "Conflict (Idempotency-Key reused with another request; job has no image)",
+        413: "Upload or image too large",
+        415: "Unsupported image format",
+        422: "Invalid image or parameter",
+        503: "Queue full or Redis unreachable (with Retry-After)",
+    }
+    return {
+        status: {"description": meaning[status], "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}}
+        for status in statuses
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from app import jobkeys
-from app.errors import IdempotencyConflict, JobNotFound, JobNotReady, QueueFull
+from app.errors import IdempotencyConflict, InvalidParameter, JobNotFound, JobNotReady, QueueFull
 from app.schemas import JobInfo, JobProgress
 from app.settings import Settings
 
@@ -68,6 +69,8 @@ def enqueue(
     """Queue a job on an already validated image. Returns ``(job, created)``."""
     fingerprint = _request_fingerprint(func, params, image)
     job_id = uuid.uuid4().hex
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise InvalidParameter("Idempotency-Key is empty; send a unique key (e.g. a UUID) or leave the header out")
     if idempotency_key is not None:
         idem = jobkeys.idempotency_key(idempotency_key)
         claimed = conn.set(idem, f"{job_id} {fingerprint}", nx=True, ex=settings.result_ttl_s)
@@ -75,8 +78,10 @@ def enqueue(
             existing = (cast(bytes | None, conn.get(idem)) or b"").decode()
             existing_id, _, existing_fp = existing.partition(" ")
             if existing_fp != fingerprint:
+                # The other job's id is not named: it is all a client needs to read that job's result.
                 raise IdempotencyConflict(
-                    f"Idempotency-Key {idempotency_key!r} was used for job {existing_id} with a different request"
+                    f"Idempotency-Key {idempotency_key!r} was already used with a different request "
+                    "(another image or other parameters); use a new key for a new request"
                 )
             try:
                 return Job.fetch(existing_id, connection=conn), False
@@ -111,7 +116,13 @@ def enqueue(
     return job, True
 
 
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def fetch(conn: Redis, settings: Settings, job_id: str) -> Job:
+    # RQ raises on ids outside this alphabet and reads "id:execution" as a job id plus an execution key.
+    if not _JOB_ID.fullmatch(job_id):
+        raise JobNotFound(f"no job with id {job_id[:80]!r}: job ids are 1-64 letters, digits, '_' and '-'")
     sweep_abandoned(conn, settings)
     try:
         return Job.fetch(job_id, connection=conn)
@@ -179,6 +190,8 @@ def describe(job: Job, settings: Settings) -> JobInfo:
 
 def result_png(conn: Redis, job: Job) -> bytes:
     status = job.get_status(refresh=True)
+    if status in _ENDED and status != JobStatus.FINISHED:
+        raise JobNotReady(f"job {job.id} is {status.value}: it ended without an image (GET /jobs/{job.id} says why)")
     if status != JobStatus.FINISHED:
         raise JobNotReady(
             f"job {job.id} is {status.value if status else 'unknown'}; its image exists once it is finished"

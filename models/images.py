@@ -38,6 +38,10 @@ class ImageTooLarge(ImageError):
     """Too many bytes or too many pixels."""
 
 
+class ImageTooSmall(ImageError):
+    """Fewer pixels on a side than a verdict can mean anything on (a 1 x 1 "image")."""
+
+
 class UnsupportedImage(ImageError):
     """A readable image in a format or shape we do not accept (GIF, TIFF, animation)."""
 
@@ -46,7 +50,7 @@ class InvalidImage(ImageError):
     """Not an image at all, or a corrupt / truncated one."""
 
 
-def _check_header(im: Image.Image, *, max_pixels: int) -> None:
+def _check_header(im: Image.Image, *, max_pixels: int, min_side: int) -> None:
     fmt = im.format or "unknown"
     if fmt not in ACCEPTED_FORMATS:
         raise UnsupportedImage(f"unsupported image format {fmt}; send JPEG, PNG, WebP or BMP")
@@ -58,6 +62,8 @@ def _check_header(im: Image.Image, *, max_pixels: int) -> None:
         raise InvalidImage(f"image has no pixels ({w} x {h})")
     if w * h > max_pixels:
         raise ImageTooLarge(f"image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
+    if min(w, h) < min_side:
+        raise ImageTooSmall(f"image is {w} x {h} pixels; each side must be at least {min_side} pixels")
 
 
 def _to_array(im: Image.Image) -> np.ndarray:
@@ -80,8 +86,11 @@ def _to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) / 255.0
 
 
-def decode_image(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 40_000_000) -> Tensor:
-    """Decode an uploaded image to a float32 3 x H x W tensor in [0, 1]."""
+def decode_image(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 40_000_000, min_side: int = 1) -> Tensor:
+    """Decode an uploaded image to a float32 3 x H x W tensor in [0, 1].
+
+    The header is checked before any pixel is decoded: format, frames, ``max_pixels`` and ``min_side``.
+    """
     if len(data) == 0:
         raise EmptyImage("the upload is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -90,10 +99,11 @@ def decode_image(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 40
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            _check_header(im, max_pixels=max_pixels)
+            _check_header(im, max_pixels=max_pixels, min_side=min_side)
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"image exceeds the pixel limit of {max_pixels} pixels ({exc})") from exc
+        # PIL refuses the header before we can read its size; its own limit is not ours, so it is not quoted.
+        raise ImageTooLarge(f"image exceeds the pixel limit of {max_pixels} pixels") from exc
     except UnidentifiedImageError as exc:
         raise InvalidImage("the upload is not a recognisable image (JPEG, PNG, WebP or BMP)") from exc
     except ImageError:

@@ -31,6 +31,8 @@ class Zoo:
 
     @classmethod
     def from_directory(cls, directory: str | Path, device: torch.device) -> Zoo:
+        if not Path(directory).is_dir():  # a typo in the setting must stop the start, not serve 503s for ever
+            raise FileNotFoundError(f"checkpoint folder {str(directory)!r} does not exist (or is not a folder)")
         paths = checkpoint.discover(directory)
         loaded = {p.stem: checkpoint.load(p, map_location=device) for p in paths}
         if device.type == "cuda":

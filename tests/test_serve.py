@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tempfile
@@ -44,6 +45,78 @@ def test_serve_embedded_default_detects_and_runs_jobs(processes: Processes) -> N
         # serve stopped its own Redis server and workers with it
         time.sleep(0.5)
         assert not (Path(redis_dir) / "redis.sock").exists() or not _redis_alive(Path(redis_dir) / "redis.sock")
+
+
+def test_serve_restarts_a_killed_embedded_redis(processes: Processes, tiny_checkpoints: Path) -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dfg-serve-", dir="/tmp") as redis_dir:
+        sock = Path(redis_dir) / "redis.sock"
+        env = service_env(None, tiny_checkpoints, DFG_EMBEDDED_REDIS_DIR=redis_dir, DFG_RETRY_AFTER_S="3")
+        proc = processes.start([sys.executable, "-m", "deepfake_guard.cli", "serve", "--port", str(port)], env, "serve")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(base, proc), 90, "/readyz to report a worker")
+        png = files.encode(files.gradient_rgb(40, 30), "PNG")
+        first = httpx.post(f"{base}/purify", files={"file": ("g.png", png)}, data={"method": "median"}, timeout=30)
+        wait_for(lambda: _finished(base, first.json()["id"]), 60, "the first job")
+
+        old_pid = _redis_pid(sock)
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        # Until it is back, routes that need Redis answer 503 problem+json with Retry-After, never a bare 500.
+        resp = httpx.get(f"{base}/jobs/{first.json()['id']}", timeout=10)
+        if resp.status_code != 200:
+            assert resp.status_code == 503 and resp.headers["content-type"].startswith("application/problem+json")
+            assert resp.headers["retry-after"] == "3" and "Redis" in resp.json()["detail"]
+
+        new_pid = wait_for(lambda: (pid := _redis_pid(sock)) != old_pid and pid, 20, "serve to restart Redis")
+        assert new_pid != old_pid
+        wait_for(lambda: _ready(base, proc), 30, "/readyz after the restart")
+        # The AOF kept the finished job, and the worker reconnected by itself and takes new jobs.
+        assert _finished(base, first.json()["id"]) is not None
+        second = httpx.post(f"{base}/purify", files={"file": ("g.png", png)}, data={"method": "jpeg"}, timeout=30)
+        assert second.status_code == 202, second.text
+        wait_for(lambda: _finished(base, second.json()["id"]), 60, "a job after the restart")
+        assert "embedded redis-server exited with -9; restarting it" in processes.logs()
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        time.sleep(0.5)
+        assert _redis_pid(sock) is None  # serve stopped the restarted server too
+
+
+def test_supervisor_restarts_redis_with_its_data_and_stops_it() -> None:
+    from redis import Redis
+
+    from deepfake_guard.embedded import EmbeddedRedis, WorkerSupervisor
+
+    with tempfile.TemporaryDirectory(prefix="dfg-sup-", dir="/tmp") as redis_dir:
+        redis = EmbeddedRedis(redis_dir).start()
+        supervisor = WorkerSupervisor(0, {}, redis=redis).start()
+        try:
+            conn = Redis(unix_socket_path=str(redis.socket), socket_timeout=2)
+            conn.set("kept", "yes")  # acknowledged, hence in the AOF file, before the kill
+            assert redis.process is not None
+            redis.process.kill()
+            wait_for(lambda: supervisor.redis_restarts == 1, 15, "the supervisor to restart Redis")
+            assert conn.get("kept") == b"yes"
+            assert redis.alive() and _redis_pid(redis.socket) == redis.process.pid
+        finally:
+            supervisor.stop()
+            redis.stop()
+        assert _redis_pid(redis.socket) is None and supervisor.redis_restarts == 1
+
+
+def _redis_pid(sock: Path) -> int | None:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    conn = Redis(unix_socket_path=str(sock), socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return int(conn.info("server")["process_id"])
+    except (RedisError, OSError):
+        return None
+    finally:
+        conn.close()
 
 
 def _ready(base: str, proc) -> dict | None:  # type: ignore[no-untyped-def, type-arg]

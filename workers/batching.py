@@ -107,6 +107,11 @@ def publish(rt: runtime.Runtime, job_id: str, result: dict[str, Any], png: bytes
         pipe.execute()
 
 
+def in_a_batch(rt: runtime.Runtime, job_id: str) -> bool:
+    """Whether a leader has claimed this job or already published its output."""
+    return bool(rt.conn.exists(jobkeys.claim_key(job_id), jobkeys.batched_result_key(job_id, "json")))
+
+
 def collect(rt: runtime.Runtime, job: Job, should_stop: Any) -> tuple[dict[str, Any], bytes] | None:
     """For a job another worker claimed: its published output, waiting while that leader is alive.
 

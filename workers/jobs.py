@@ -86,9 +86,10 @@ def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:
     return should_stop
 
 
-def _begin(rt: runtime.Runtime, job: Job) -> None:
+def _begin(rt: runtime.Runtime, job: Job, *, keep_progress: bool = False) -> None:
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
-    job.meta.pop("progress", None)
+    if not keep_progress:  # a new attempt starts from zero
+        job.meta.pop("progress", None)
     job.save_meta()
 
 
@@ -135,7 +136,8 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from models.purify.engine import DipRuntime
 
     rt, job = runtime.get(), _current_job()
-    _begin(rt, job)
+    # A job in another job's batch shows that batch's progress (mirrored by its leader), final record included.
+    _begin(rt, job, keep_progress=batching.in_a_batch(rt, job.id))
     should_stop = _stop_check(rt, job)
     published = batching.collect(rt, job, should_stop)
     if published is not None:  # another job's batch purified this one
@@ -180,6 +182,10 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     except BaseException:
         batching.release(rt, followers)
         raise
+    if params["method"] == "dip":  # an auto stop ends between two (throttled) reports: record where it ended
+        cap = int(out.params.get("max_iterations", out.steps))
+        _final_progress(job, iteration=out.steps, max_iterations=cap, stage=f"dip done ({out.stopped_by})")
+        batching.mirror_progress(followers, job.meta["progress"])
     common = {
         "method": params["method"],
         "params": kwargs,
@@ -199,8 +205,25 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**common, **scores, "iterations": int(out.iterations[0]), "batched_with": None}
 
 
+def _final_progress(job: Job, *, iteration: int, max_iterations: int, stage: str) -> None:
+    """A finished job's last progress record: the iterations it actually ran. The reports are throttled
+    (``PROGRESS_EVERY_S``) and a loop that stops early never reaches its final one, so without this the
+    record of a finished job could lag its result."""
+    last = job.meta.get("progress") or {}
+    job.meta["progress"] = {
+        "iteration": iteration,
+        "max_iterations": max_iterations,
+        "loss": last.get("loss"),
+        "psnr": last.get("psnr"),
+        "stage": stage,
+        "fraction": 1.0,
+        "eta_s": 0.0,
+    }
+    job.save_meta()
+
+
 def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
-    from models.attacks.report import attack_and_measure, perturbation_picture
+    from models.attacks.report import attack_and_measure, attack_steps, perturbation_picture
 
     rt, job = runtime.get(), _current_job()
     _begin(rt, job)
@@ -220,6 +243,9 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         progress=_reporter(job),
         should_stop=_stop_check(rt, job),
     )[0]
+    budget = attack_steps(method, p)
+    early = " (stopped early)" if report.iterations < budget else ""
+    _final_progress(job, iteration=report.iterations, max_iterations=budget, stage=f"{method} done{early}")
     adv = report.adv.float().cpu()
     # The delivered image, losslessly: for jpeg75 these are the decoded JPEG pixels success was judged on.
     rt.conn.set(jobkeys.result_png_key(job.id), encode_png(adv), ex=rt.settings.result_ttl_s)

@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.redis_url is None:
         raise SystemExit("DFG_REDIS_URL is not set: a worker needs the Redis server the API uses")
-    conn = Redis.from_url(settings.redis_url)
+    # Connecting is bounded by DFG_REDIS_TIMEOUT_S; the read timeout is left to RQ, which raises it above its
+    # blocking dequeue (BLMOVE/BLPOP for worker_ttl - 15 s): a shorter one would break every idle wait.
+    conn = Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout_s)
     zoo = Zoo.from_directory(settings.checkpoints_dir, resolve_device(settings.device))
     log.info("worker loaded detectors %s on %s", zoo.names(), zoo.device)
     worker = build_worker(settings, conn, zoo)

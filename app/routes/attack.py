@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
@@ -12,14 +13,26 @@ from torch import Tensor
 from app import jobkeys, jobs
 from app.deps import get_app_settings, get_detection, get_redis
 from app.detection import DetectionService
-from app.errors import InvalidParameter, applicable_params
+from app.errors import InvalidParameter, applicable_params, problem_responses
 from app.routes.jobs import accepted
+from app.schemas import JobAccepted
 from app.settings import Settings
-from app.uploads import read_image
-from models.attacks.report import attack_and_measure, cw_work, perturbation_picture
+from app.uploads import one_file, read_image
+from models.attacks import CW_LIMITS
+from models.attacks.report import attack_and_measure, attack_steps, check_params, perturbation_picture
 from models.images import encode_png
 
 router = APIRouter(tags=["attacks"])
+
+#: Form fields whose attack keyword differs (CW-L2's ``c_init`` is the form's ``c``).
+_KEYWORDS = {"c": "c_init"}
+_FORM_NAMES = {v: k for k, v in _KEYWORDS.items()}
+_KEYWORD_RE = re.compile(r"\b(" + "|".join(map(re.escape, _FORM_NAMES)) + r")\b")
+
+
+def _in_form_names(message: str) -> str:
+    """An attack's ValueError, naming the form fields a client sends rather than the keywords behind them."""
+    return _KEYWORD_RE.sub(lambda m: _FORM_NAMES[m.group(1)], message)
 
 
 def _run_sync(
@@ -49,10 +62,19 @@ def _run_sync(
     return body
 
 
+def _real(*, gt: float | None = None, ge: float | None = None, le: float | None = None, description: str) -> Any:
+    """A float form field: NaN and infinity are refused as "not a finite number" before any bound is tested."""
+    return Form(gt=gt, ge=ge, le=le, allow_inf_nan=False, description=description)
+
+
 @router.post(
     "/attack",
     summary="Craft an adversarial example against a detector (white-box, or black-box transfer from `source`)",
-    responses={202: {"description": "CW-L2 above the synchronous work budget: queued as a job"}},
+    responses={
+        202: {"description": "PGD or CW-L2 above its synchronous step budget: queued as a job", "model": JobAccepted},
+        **problem_responses(404, 409, 413, 415, 422, 503),
+    },
+    dependencies=[Depends(one_file)],
 )
 async def attack(
     response: Response,
@@ -62,20 +84,34 @@ async def attack(
     source: Annotated[
         str | None, Form(description="Detector the attack is crafted on; differs from target = black-box.")
     ] = None,
-    eps: Annotated[float | None, Form(gt=0, le=1, description="L-inf budget in [0,1] pixel units (fgsm, pgd).")] = None,
+    eps: Annotated[
+        float | None, _real(gt=0, le=1, description="L-inf budget in [0,1] pixel units (fgsm, pgd).")
+    ] = None,
     steps: Annotated[int | None, Form(ge=1, le=10_000, description="PGD steps.")] = None,
-    step_size: Annotated[float | None, Form(gt=0, le=1, description="PGD step size.")] = None,
+    step_size: Annotated[float | None, _real(gt=0, le=1, description="PGD step size.")] = None,
     preset: Annotated[Literal["paper", "default"] | None, Form(description="CW-L2 preset.")] = None,
     search_steps: Annotated[int | None, Form(ge=1, le=20, description="CW-L2 binary-search steps over c.")] = None,
     max_iterations: Annotated[
         int | None, Form(ge=1, le=100_000, description="CW-L2 Adam steps per search step.")
     ] = None,
-    kappa: Annotated[float | None, Form(ge=0, description="CW-L2 confidence margin on logits.")] = None,
-    c: Annotated[float | None, Form(gt=0, description="CW-L2 initial trade-off constant c (binary-searched).")] = None,
-    c_max: Annotated[float | None, Form(gt=0, description="CW-L2 largest c the search may reach.")] = None,
-    lr: Annotated[float | None, Form(gt=0, le=10, description="CW-L2 Adam learning rate.")] = None,
+    kappa: Annotated[
+        float | None, _real(ge=0, le=CW_LIMITS["kappa"], description="CW-L2 confidence margin on logits.")
+    ] = None,
+    c: Annotated[
+        float | None,
+        _real(gt=0, le=CW_LIMITS["c_init"], description="CW-L2 initial trade-off constant c (binary-searched)."),
+    ] = None,
+    c_max: Annotated[
+        float | None, _real(gt=0, le=CW_LIMITS["c_max"], description="CW-L2 largest c the search may reach.")
+    ] = None,
+    lr: Annotated[float | None, _real(gt=0, le=10, description="CW-L2 Adam learning rate.")] = None,
     targeted: Annotated[
-        bool, Form(description="Push towards the other class instead of away from the current one.")
+        bool,
+        Form(
+            description="Aim at the other class than the target detector's clean verdict (crafted on `source`) "
+            "instead of away from the crafting detector's verdict. Success: the target's label of the delivered "
+            "file is that class."
+        ),
     ] = False,
     save_format: Annotated[Literal["png", "jpeg75"], Form(description="Judge success after saving as this.")] = "png",
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
@@ -85,31 +121,36 @@ async def attack(
 ) -> Any:
     given = {
         "eps": eps, "steps": steps, "step_size": step_size, "preset": preset, "search_steps": search_steps,
-        "max_iterations": max_iterations, "kappa": kappa, "c_init": c, "c_max": c_max, "lr": lr,
+        "max_iterations": max_iterations, "kappa": kappa, "c": c, "c_max": c_max, "lr": lr,
     }  # fmt: skip
     allowed = {
         "fgsm": {"eps"},
         "pgd": {"eps", "steps", "step_size"},
-        "cw_l2": {"preset", "search_steps", "max_iterations", "kappa", "c_init", "c_max", "lr"},
+        "cw_l2": {"preset", "search_steps", "max_iterations", "kappa", "c", "c_max", "lr"},
     }[method]
-    params = applicable_params(method, given, allowed)
+    params = {_KEYWORDS.get(k, k): v for k, v in applicable_params(method, given, allowed).items()}
     params["targeted"] = targeted
+    try:
+        # Every check the attack itself would make, now: a bad value is a 422, never a failed job or a 500.
+        check_params(method, params)
+    except ValueError as exc:
+        raise InvalidParameter(_in_form_names(str(exc))) from exc
     tgt = service.model(target)
     src = service.model(source) if source else tgt
     data, x = await read_image(file, settings)
-    try:
-        steps_needed = cw_work(params, 1, 1) if method == "cw_l2" else 0.0
-    except ValueError as exc:
-        raise InvalidParameter(str(exc)) from exc
-    if steps_needed > settings.cw_sync_max_steps:
+    budget = {"pgd": settings.pgd_sync_max_steps, "cw_l2": settings.cw_sync_max_steps}.get(method)
+    if budget is not None and attack_steps(method, params) > budget:
         job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
-        job, created = jobs.enqueue(
-            conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
-            idempotency_key=idempotency_key,
+        # Redis calls block: off the event loop, as POST /purify does.
+        job, created = await run_in_threadpool(
+            lambda: jobs.enqueue(
+                conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
+                idempotency_key=idempotency_key,
+            )
         )  # fmt: skip
         body = accepted(job.id, str(job.get_status(refresh=False).value), response, created)
         return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})
     try:
         return await run_in_threadpool(_run_sync, service, x, method, tgt.name, src.name, params, save_format)
     except ValueError as exc:
-        raise InvalidParameter(str(exc)) from exc
+        raise InvalidParameter(_in_form_names(str(exc))) from exc

@@ -6,16 +6,21 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from app.deps import get_app_settings, get_detection
 from app.detection import DetectionService
-from app.errors import InvalidParameter
+from app.errors import InvalidParameter, problem_responses
 from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
 from app.settings import Settings
-from app.uploads import read_image
+from app.uploads import read_images
 from models.detector import FAKE_INDEX
 
 router = APIRouter(tags=["detection"])
 
 
-@router.post("/detect", response_model=DetectResponse, summary="Score images as fake or real")
+@router.post(
+    "/detect",
+    response_model=DetectResponse,
+    summary="Score images as fake or real",
+    responses=problem_responses(404, 413, 415, 422, 503),
+)
 async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
@@ -26,7 +31,7 @@ async def detect(
     if len(file) > settings.max_files:
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
     loaded = service.model(model)
-    images = [(await read_image(f, settings))[1] for f in file]
+    images = await read_images(file, settings)
     scores = await service.score(loaded, images)
     ref = ModelRef(name=loaded.name, sha256=loaded.sha256)
     return DetectResponse(

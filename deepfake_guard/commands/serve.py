@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             "DFG_CHECKPOINTS_DIR": str(settings.checkpoints_dir.resolve()),
             "DFG_DEVICE": settings.device,
         }
-        supervisor = WorkerSupervisor(settings.embedded_workers, env).start()
+        supervisor = WorkerSupervisor(settings.embedded_workers, env, redis=redis).start()
         logging.getLogger("deepfake_guard").info(
             "embedded mode: Redis at %s, %d worker(s)", redis.url, settings.embedded_workers
         )

@@ -22,13 +22,18 @@ def check_batch(x: Tensor, y: Tensor) -> None:
 
 
 def check_number(name: str, value: float, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """ValueError naming ``value`` unless it is a finite-or-inf number in [low, high] (or (low, high])."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    """ValueError naming ``value`` unless it is a finite number in [low, high] (or (low, high]).
+
+    Infinity is refused even when ``high`` is: an infinite budget or margin never ends or overflows float32."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
-        bound = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
+        if math.isinf(high):
+            bound = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            bound = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def check_int(name: str, value: int, *, low: int) -> None:
@@ -50,7 +55,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Gradient of the summed cross-entropy w.r.t. the input only.
+    """Gradient of the summed cross-entropy w.r.t. the input only (see ``loss_and_input_gradient``)."""
+    return loss_and_input_gradient(model, x, y)[1]
+
+
+def loss_and_input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The summed cross-entropy (detached, 0-dim) and its gradient w.r.t. the input only.
 
     ``torch.autograd.grad`` w.r.t. ``x`` leaves no ``.grad`` on the model's parameters. The sum (not the
     mean) keeps per-image gradients independent of the batch size, so batched and one-by-one runs agree.
@@ -58,7 +68,7 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x).float(), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    return loss.detach(), grad
 
 
 def class_mask(logits: Tensor, y: Tensor) -> Tensor:

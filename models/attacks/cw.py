@@ -83,13 +83,29 @@ def cw_success(logits: Tensor, y: Tensor, *, kappa: float, targeted: bool, mask:
     return logits.argmax(dim=1) == y if targeted else logits.argmax(dim=1) != y
 
 
-def _validate(
-    kappa: float, c_init: float, c_max: float | None, search_steps: int, max_iterations: int, lr: float
+#: Largest accepted ``kappa``, ``c_init`` and ``c_max``. Far beyond any useful value (the paper's kappa is 200,
+#: its c tops out at 1e4) yet small enough that ``c * f`` and ``c * 10`` stay finite in float32.
+CW_LIMITS: dict[str, float] = {"kappa": 1e6, "c_init": 1e10, "c_max": 1e10}
+
+
+def check_cw(
+    *,
+    kappa: float,
+    c_init: float,
+    c_max: float | None = None,
+    search_steps: int,
+    max_iterations: int,
+    lr: float,
+    abort_early: bool = True,
+    targeted: bool = False,
 ) -> None:
-    check_number("kappa", kappa, low=0.0)
-    check_number("c_init", c_init, low=0.0, low_open=True)
+    """CW-L2's hyper-parameter checks, callable before any image is at hand (ValueError naming the value)."""
+    check_number("kappa", kappa, low=0.0, high=CW_LIMITS["kappa"])
+    check_number("c_init", c_init, low=0.0, high=CW_LIMITS["c_init"], low_open=True)
     if c_max is not None:
-        check_number("c_max", c_max, low=c_init)
+        check_number("c_max", c_max, low=0.0, high=CW_LIMITS["c_max"], low_open=True)
+        if c_max < c_init:
+            raise ValueError(f"c_max must be at least c_init ({c_init!r}), got {c_max!r}")
     check_int("search_steps", search_steps, low=1)
     check_int("max_iterations", max_iterations, low=1)
     check_number("lr", lr, low=0.0, low_open=True)
@@ -113,11 +129,12 @@ def cw_l2(
     generator: torch.Generator | None = None,
 ) -> CWResult:
     """Run CW-L2 on the whole batch at once; ``y`` is the true label (untargeted) or the target (targeted)."""
-    _validate(kappa, c_init, c_max, search_steps, max_iterations, lr)
+    check_cw(kappa=kappa, c_init=c_init, c_max=c_max, search_steps=search_steps, max_iterations=max_iterations, lr=lr)
     check_batch(x, y)
     x = x.detach()
     n, device = x.shape[0], x.device
-    c_cap = float("inf") if c_max is None else float(c_max)
+    # Without c_max the x10 growth still stops at the largest accepted constant (float32 stays finite).
+    c_cap = CW_LIMITS["c_max"] if c_max is None else float(c_max)
     w0 = torch.atanh((2 * x - 1) * _TANH_SHRINK)
     c = torch.full((n,), float(c_init), device=device)
     lower = torch.zeros(n, device=device)

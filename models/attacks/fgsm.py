@@ -8,13 +8,18 @@ from torch import Tensor, nn
 from models.attacks._common import check_batch, check_number, eval_mode, input_gradient
 
 
+def check_fgsm(*, eps: float, targeted: bool = False) -> None:
+    """FGSM's hyper-parameter checks, callable before any image is at hand (ValueError naming the value)."""
+    check_number("eps", eps, low=0.0, high=1.0)
+
+
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, targeted: bool = False) -> Tensor:
     """One signed-gradient step of size ``eps`` (pixel units), clipped to [0, 1].
 
     Untargeted: ``clip01(x + eps * sign(grad_x CE(f(x), y)))`` moves away from ``y``.
     Targeted: ``clip01(x - eps * sign(grad_x CE(f(x), y)))`` moves towards ``y``.
     """
-    check_number("eps", eps, low=0.0, high=1.0)
+    check_fgsm(eps=eps, targeted=targeted)
     check_batch(x, y)
     x = x.detach()
     if eps == 0:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.attacks._common import check_batch, check_int, check_number, eval_mode, input_gradient
+from models.attacks._common import check_batch, check_int, check_number, eval_mode, loss_and_input_gradient
+from models.progress import Progress, ProgressFn, StopFn, check_stop
+
+
+def check_pgd(*, eps: float, steps: int, step_size: float, random_start: bool = True, targeted: bool = False) -> None:
+    """PGD's hyper-parameter checks, callable before any image is at hand (ValueError naming the value)."""
+    check_number("eps", eps, low=0.0, high=1.0)
+    check_int("steps", steps, low=1)
+    check_number("step_size", step_size, low=0.0, high=1.0, low_open=True)
 
 
 def pgd(
@@ -19,13 +27,16 @@ def pgd(
     step_size: float,
     random_start: bool = True,
     targeted: bool = False,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """``steps`` signed-gradient steps of ``step_size``, each projected onto the eps-ball around ``x``
-    and onto [0, 1]. A random start draws uniformly from the eps-ball (``generator`` makes it reproducible)."""
-    check_number("eps", eps, low=0.0, high=1.0)
-    check_int("steps", steps, low=1)
-    check_number("step_size", step_size, low=0.0, high=1.0, low_open=True)
+    and onto [0, 1]. A random start draws uniformly from the eps-ball (``generator`` makes it reproducible).
+
+    Long runs (queued jobs) report ``progress`` (mean cross-entropy of the step's input) and poll
+    ``should_stop`` every ``min(10, steps // 10)`` steps; ``models.progress.Cancelled`` ends them."""
+    check_pgd(eps=eps, steps=steps, step_size=step_size, random_start=random_start, targeted=targeted)
     check_batch(x, y)
     x = x.detach()
     if eps == 0:
@@ -36,8 +47,14 @@ def pgd(
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
     sign = -1.0 if targeted else 1.0
+    report_every = max(1, min(10, steps // 10))
     with eval_mode(model):
-        for _ in range(steps):
-            grad = input_gradient(model, adv, y)
+        for step in range(steps):
+            loss, grad = loss_and_input_gradient(model, adv, y)
             adv = torch.min(torch.max(adv + sign * step_size * grad.sign(), lower), upper)
+            done = step + 1
+            if done % report_every == 0 or done == steps:
+                if progress is not None:  # float() syncs the device: only when someone listens
+                    progress(Progress(iteration=done, max_iterations=steps, loss=float(loss) / len(x), stage="pgd"))
+                check_stop(should_stop, done)
     return adv

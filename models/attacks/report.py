@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.attacks import ATTACKS, CW_PRESETS
+from models.attacks import ATTACKS, CHECKS, CW_PRESETS
 from models.attacks._common import eval_mode
 from models.detector import CLASS_NAMES, FAKE_INDEX
 from models.images import decode_image, encode_jpeg, encode_png, psnr, quantize_8bit
@@ -97,11 +97,28 @@ def resolve_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**base, **params}
 
 
+def check_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``resolve_params`` plus the attack's own hyper-parameter checks: every ValueError a request's
+    parameters can cause, raised before any image is read or any job is queued."""
+    kwargs = resolve_params(method, params)
+    CHECKS[method](**kwargs)
+    return kwargs
+
+
+def attack_steps(method: str, params: dict[str, Any]) -> int:
+    """Gradient steps (one forward and backward pass each) the attack may run on an image: 1 for FGSM,
+    ``steps`` for PGD, ``search_steps * max_iterations`` for CW-L2 (an upper bound: it can stop early)."""
+    p = resolve_params(method, params)
+    if method == "pgd":
+        return int(p["steps"])
+    if method == "cw_l2":
+        return int(p["search_steps"]) * int(p["max_iterations"])
+    return 1
+
+
 def cw_work(params: dict[str, Any], h: int, w: int) -> float:
-    """Upper bound of CW-L2's work in pixel-iterations (search_steps * max_iterations * H * W), to decide
-    whether a request runs synchronously or goes to the queue."""
-    p = resolve_params("cw_l2", params)
-    return float(p["search_steps"]) * float(p["max_iterations"]) * float(h) * float(w)
+    """Upper bound of CW-L2's work in pixel-iterations (search_steps * max_iterations * H * W)."""
+    return float(attack_steps("cw_l2", params)) * float(h) * float(w)
 
 
 def deliver(adv: Tensor, save_format: str) -> tuple[Tensor, list[bytes]]:
@@ -154,22 +171,31 @@ def attack_and_measure(
     ``y=None`` attacks each detector's own clean verdict: the source's for crafting, the target's for
     judging. A given ``y`` is the true label (untargeted: success when the target's delivered label differs
     from ``y``) or, with ``targeted=True`` in ``params``, the target label (success when it is reached).
+    ``targeted=True`` with ``y=None`` aims at the other class than the *target* detector's clean verdict
+    (the detectors have two classes), on the source too: success is the target's delivered label being
+    that class, i.e. the same test as untargeted. What differs from untargeted is only the crafting, and
+    only in black-box runs where source and target disagree on the clean image (untargeted then pushes
+    away from the source's verdict, which may already be the goal). With one detector, or two that agree,
+    the two modes are the same attack in exact arithmetic: for two classes, towards one class is away from
+    the other (FGSM/PGD: the same gradient sign; CW-L2: the same objective). In float32 FGSM/PGD can differ
+    on images the detector is very sure of: there the untargeted cross-entropy's gradient through the
+    winning logit rounds to zero (softmax 1.0), the targeted one keeps it.
     """
     fn = _attack(method)
-    kwargs = resolve_params(method, params)
+    kwargs = check_params(method, params)
     if save_format not in SAVE_FORMATS:
         raise ValueError(f"unknown save_format {save_format!r}; choose one of {list(SAVE_FORMATS)}")
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images N x 3 x H x W, got shape {tuple(x.shape)}")
     targeted = bool(kwargs.get("targeted", False))
-    if targeted and y is None:
-        raise ValueError("targeted=True needs y, the target label of each image")
     x = x.detach()
     crafter = target if source is None else source
 
     p_before = _p_fake(target, x)
     label_before = _labels(p_before)
     src_before = _p_fake(source, x) if source is not None else None
+    if y is None and targeted:
+        y = 1 - label_before  # the other class of the target's clean verdict (FAKE_INDEX 0, real 1)
     y_craft = y.to(x.device) if y is not None else _labels(p_before if src_before is None else src_before)
 
     check_stop(should_stop, 0)
@@ -177,7 +203,8 @@ def attack_and_measure(
         result = fn(crafter, x, y_craft, **kwargs, progress=progress, should_stop=should_stop, generator=generator)
         adv, iterations = result.adv, result.iterations.tolist()
     elif method == "pgd":
-        adv, iterations = fn(crafter, x, y_craft, **kwargs, generator=generator), [kwargs["steps"]] * len(x)
+        adv = fn(crafter, x, y_craft, **kwargs, progress=progress, should_stop=should_stop, generator=generator)
+        iterations = [kwargs["steps"]] * len(x)
     else:
         adv, iterations = fn(crafter, x, y_craft, **kwargs), [1] * len(x)
 

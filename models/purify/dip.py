@@ -153,7 +153,9 @@ def build_setup(x: Tensor, cfg: DipPreset, *, seed: int, device: torch.device) -
     net = SkipNet(net_cfg, replicas=x.shape[0])
     net.reset_parameters_(init_gen)
     net.to(device).train()
-    # One noise draw shared by all replicas, so an image's result is the same alone or batched.
+    # One noise draw shared by all replicas, so an image's result does not depend on its batch mates or their
+    # number (bit-identical for any batch of two or more). A batch of one runs dense instead of grouped
+    # convolutions: the same network, other float rounding, which the optimisation amplifies (not bit-identical).
     base_noise = (torch.rand((1, net_cfg.input_channels, hp, wp), generator=init_gen) * cfg.noise_scale).to(device)
     return StepSetup(
         net=net,

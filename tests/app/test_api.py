@@ -113,6 +113,7 @@ def test_models_health_and_readiness(client: TestClient) -> None:
     assert {m["name"] for m in models["models"]} == {"tiny-vgg", "tiny-resnet"}
     assert all(len(m["sha256"]) == 64 and m["fake_index"] == 0 for m in models["models"])
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["redis"] == "ok"
     assert client.get("/openapi.json").status_code == 200
@@ -176,3 +177,80 @@ def test_unknown_job_is_404_and_delete_cancels_a_queued_job(client: TestClient, 
     info = client.get(f"/jobs/{job_id}").json()
     assert info["status"] == "canceled" and "canceled" in info["error"]
     assert Redis.from_url(redis_url).llen("rq:queue:deepfake-guard") == 0
+
+
+def test_images_with_a_side_under_the_minimum_are_refused(client: TestClient) -> None:
+    for w, h in [(1, 1), (4000, 1), (15, 300)]:
+        data = files.encode(files.gradient_rgb(w, h), "PNG")
+        resp = client.post("/detect", files={"file": ("thin.png", data)})
+        assert_problem(resp, 422, f"{w} x {h} pixels; each side must be at least 16")
+        assert "thin.png" in resp.json()["detail"]
+    edge = files.encode(files.gradient_rgb(16, 16), "PNG")
+    assert client.post("/detect", files={"file": ("edge.png", edge)}).status_code == 200
+
+
+def test_detect_pixel_budget_covers_the_whole_request(client: TestClient) -> None:
+    # max_pixels is 1,000,000 in this fixture: one 800 x 800 image fits, two do not (before any is scored).
+    big = files.encode(files.gradient_rgb(800, 800), "PNG")
+    assert client.post("/detect", files={"file": ("one.png", big)}).status_code == 200
+    resp = client.post("/detect", files=[("file", ("one.png", big)), ("file", ("two.png", big))])
+    assert_problem(resp, 413, "two.png")
+    assert "1000000 pixels in all" in resp.json()["detail"] and "hold 640000" in resp.json()["detail"]
+    small = [("file", (f"{i}.png", png())) for i in range(3)]  # 3 x 1,200 pixels: well inside
+    assert client.post("/detect", files=small).status_code == 200
+
+
+@pytest.mark.parametrize("job_id", ["a.b", "a b", "*", "\u2713", "x" * 65])
+def test_job_ids_outside_the_alphabet_are_404_not_500(client: TestClient, job_id: str) -> None:
+    for resp in (client.get(f"/jobs/{job_id}"), client.get(f"/jobs/{job_id}/result"), client.delete(f"/jobs/{job_id}")):
+        assert_problem(resp, 404, "letters, digits")
+
+
+def test_an_execution_suffix_does_not_reach_the_job(client: TestClient) -> None:
+    job_id = client.post("/purify", files={"file": ("a.png", png())}, data={"method": "jpeg"}).json()["id"]
+    assert_problem(client.get(f"/jobs/{job_id}:x"), 404, "letters, digits")
+    assert client.get(f"/jobs/{job_id}").status_code == 200
+
+
+def test_idempotency_key_must_not_be_empty_and_a_conflict_hides_the_other_job(client: TestClient) -> None:
+    f = {"file": ("a.png", png())}
+    for key in ("", "   "):
+        resp = client.post("/purify", files=f, data={"method": "jpeg"}, headers={"Idempotency-Key": key})
+        assert_problem(resp, 422, "Idempotency-Key is empty")
+    first = client.post("/purify", files=f, data={"method": "jpeg"}, headers={"Idempotency-Key": "k-1"})
+    other = client.post("/purify", files=f, data={"method": "bitdepth"}, headers={"Idempotency-Key": "k-1"})
+    assert_problem(other, 409, "different request")
+    assert first.json()["id"] not in other.text
+
+
+def test_purify_takes_one_file_and_refuses_parameters_of_other_methods(client: TestClient) -> None:
+    two = [("file", ("a.png", png())), ("file", ("b.png", png()))]
+    assert_problem(client.post("/purify", files=two, data={"method": "jpeg"}), 422, "2 files sent")
+    f = {"file": ("a.png", png())}
+    assert_problem(client.post("/purify", files=f, data={"method": "jpeg", "preset": "paper"}), 422, "['preset']")
+    assert_problem(client.post("/purify", files=f, data={"method": "median", "seed": "3"}), 422, "['seed']")
+    # a parameter of another method is named as such, not judged by that method's rules
+    assert_problem(client.post("/purify", files=f, data={"method": "jpeg", "kernel_size": "4"}), 422, "['kernel_size']")
+    resp = client.post("/purify", files=f, data={"method": "dip", "bits": "3"})
+    assert_problem(resp, 422, "['max_iterations', 'preset', 'seed', 'stop']")
+
+
+def test_result_of_a_job_that_ended_without_an_image_says_so(client: TestClient) -> None:
+    job_id = client.post("/purify", files={"file": ("a.png", png())}, data={"method": "jpeg"}).json()["id"]
+    assert client.delete(f"/jobs/{job_id}").json()["status"] == "canceled"
+    assert_problem(client.get(f"/jobs/{job_id}/result"), 409, "ended without an image")
+
+
+def test_openapi_documents_errors_as_problem_json(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    errors = [
+        (path, method, status, set(body.get("content", {})))
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        for status, body in op["responses"].items()
+        if status.startswith(("4", "5"))
+    ]
+    assert len(errors) >= 20
+    assert all(types == {PROBLEM} for *_, types in errors), [e for e in errors if e[3] != {PROBLEM}]
+    documented = {(path, status) for path, _, status, _ in errors}
+    assert {("/detect", "413"), ("/purify", "409"), ("/attack", "422"), ("/jobs/{job_id}", "404")} <= documented

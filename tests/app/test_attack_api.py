@@ -5,18 +5,46 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from redis import Redis
 
+from app.settings import Settings
 from tests import imagefiles as files
 from tests.app.test_api import assert_problem, make_client
+
+BUDGETS = {"cw_sync_max_steps": 200, "pgd_sync_max_steps": 40}
 
 
 @pytest.fixture
 def client(tiny_checkpoints: Path, redis_url: str) -> Iterator[TestClient]:
-    with make_client(tiny_checkpoints, redis_url, cw_sync_max_steps=200) as c:
+    with make_client(tiny_checkpoints, redis_url, **BUDGETS) as c:
         yield c
+
+
+def work_off_queue(client: TestClient) -> None:
+    """Run the queued jobs in this process with the service's own worker class, until the queue is empty."""
+    from models.zoo import Zoo
+    from workers.worker import build_worker
+
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    assert settings.redis_url is not None
+    with Redis.from_url(settings.redis_url) as conn:
+        zoo = Zoo.from_directory(settings.checkpoints_dir, torch.device("cpu"))
+        build_worker(settings, conn, zoo).work(burst=True, with_scheduler=False)
+
+
+def finished_job(client: TestClient, resp: Any) -> dict[str, Any]:
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    assert resp.headers["location"] == f"/jobs/{job_id}"
+    work_off_queue(client)
+    info = client.get(f"/jobs/{job_id}").json()
+    assert info["status"] == "finished", info
+    return dict(info)
 
 
 def image() -> bytes:
@@ -88,3 +116,122 @@ def test_large_cw_budget_becomes_a_job(client: TestClient) -> None:
     info = client.get(f"/jobs/{job_id}").json()
     assert info["kind"] == "attack" and info["status"] == "queued"
     assert info["params"]["method"] == "cw_l2" and info["params"]["preset"] == "paper"
+
+
+def labels(client: TestClient, png: bytes, model: str = "tiny-vgg") -> str:
+    body = client.post("/detect", files={"file": ("x", png)}, data={"model": model}).json()
+    return str(body["results"][0]["label"])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"method": "fgsm", "eps": "0.05"},
+        {"method": "pgd", "eps": "0.05", "steps": "5", "step_size": "0.01"},
+        {"method": "cw_l2", "search_steps": "2", "max_iterations": "30"},
+    ],
+)
+def test_targeted_runs_and_reports_the_other_class_honestly(client: TestClient, data: dict[str, str]) -> None:
+    resp = client.post("/attack", files={"file": ("g.png", image())}, data={**data, "targeted": "true"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    after = labels(client, base64.b64decode(body["adversarial"]))
+    assert body["label_after"] == after
+    assert body["success"] == (after != labels(client, image()))  # two classes: the other one, or not
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"method": "pgd", "eps": "0.3", "steps": "30", "step_size": "0.02"},
+        {"method": "cw_l2", "kappa": "0", "search_steps": "5", "max_iterations": "30"},
+    ],
+)
+def test_targeted_attack_moves_the_label_to_the_other_class(client: TestClient, data: dict[str, str]) -> None:
+    # tiny-resnet responds to its input (the random tiny-vgg is nearly constant): the flip is reachable.
+    data = {**data, "targeted": "true", "target": "tiny-resnet"}
+    body = client.post("/attack", files={"file": ("g.png", image())}, data=data).json()
+    assert body["success"] is True, body
+    clean, adv = (
+        labels(client, image(), "tiny-resnet"),
+        labels(client, base64.b64decode(body["adversarial"]), "tiny-resnet"),
+    )
+    assert (body["label_before"], body["label_after"]) == (clean, adv) and adv != clean
+
+
+def test_queued_targeted_cw_finishes(client: TestClient) -> None:
+    data = {"method": "cw_l2", "search_steps": "1", "max_iterations": "201", "targeted": "true"}
+    info = finished_job(client, client.post("/attack", files={"file": ("g.png", image())}, data=data))
+    assert info["params"]["targeted"] is True and info["attempts"] == 1
+    result = info["result"]
+    assert result["success"] == (result["label_after"] != result["label_before"])
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"c": "1e308"}, "c: input should be less than or equal to 10000000000"),
+        ({"c_max": "1e308"}, "c_max: input should be less than or equal to 10000000000"),
+        ({"kappa": "1e308"}, "kappa: input should be less than or equal to 1000000"),
+        ({"kappa": "inf"}, "kappa: input should be a finite number"),
+        ({"c": "inf"}, "c: input should be a finite number"),
+        ({"c": "100", "c_max": "10"}, "c_max must be at least c (100.0), got 10.0"),
+        ({"preset": "paper", "c_max": "10"}, "c_max must be at least c (100.0), got 10.0"),
+        ({"lr": "nan"}, "lr: input should be a finite number"),
+        # over the synchronous budget too: refused at once, never queued to fail later
+        ({"c": "1e308", "max_iterations": "1001", "search_steps": "1"}, "c: input should be less than"),
+        ({"c": "100", "c_max": "10", "max_iterations": "1001", "search_steps": "1"}, "c_max must be at least c "),
+    ],
+)
+def test_cw_constants_are_bounded_and_named_as_the_form_names_them(
+    client: TestClient, data: dict[str, str], needle: str
+) -> None:
+    resp = client.post("/attack", files={"file": ("g.png", image())}, data={"method": "cw_l2", **data})
+    assert_problem(resp, 422, needle)
+    assert "c_init" not in resp.json()["detail"]
+    assert client.get("/readyz").status_code != 500
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"method": "fgsm", "eps": "nan"}, "eps: input should be a finite number (got 'nan')"),
+        ({"method": "fgsm", "eps": "-inf"}, "eps: input should be a finite number"),
+        ({"method": "pgd", "step_size": "inf"}, "step_size: input should be a finite number"),
+        ({"method": "fgsm", "c": "1"}, "parameters ['c'] do not apply to method='fgsm'"),
+        ({"method": "pgd", "c": "1", "kappa": "2"}, "parameters ['c', 'kappa']"),
+    ],
+)
+def test_messages_name_form_fields_and_finiteness(client: TestClient, data: dict[str, str], needle: str) -> None:
+    assert_problem(client.post("/attack", files={"file": ("g.png", image())}, data=data), 422, needle)
+
+
+def test_pgd_within_its_budget_stays_synchronous(client: TestClient) -> None:
+    for steps in (None, "40"):
+        data = {"method": "pgd"} if steps is None else {"method": "pgd", "steps": steps}
+        resp = client.post("/attack", files={"file": ("g.png", image())}, data=data)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["iterations"] == int(steps or 10)
+
+
+def test_pgd_above_its_budget_becomes_a_job_that_finishes(client: TestClient) -> None:
+    data = {"method": "pgd", "steps": "41", "eps": "0.03", "step_size": "0.01", "target": "tiny-vgg"}
+    info = finished_job(client, client.post("/attack", files={"file": ("g.png", image())}, data=data))
+    assert info["kind"] == "attack" and info["params"]["steps"] == 41
+    result = info["result"]
+    assert result["iterations"] == 41 and result["linf"] <= 0.03 + 1 / 255
+    assert info["progress"]["iteration"] == 41 and info["progress"]["max_iterations"] == 41
+    assert info["progress"]["fraction"] == 1.0 and info["progress"]["stage"] == "pgd done"
+    adv = client.get(info["result_url"]).content
+    check = client.post("/detect", files={"file": ("adv", adv)}, data={"model": "tiny-vgg"}).json()["results"][0]
+    assert check["p_fake"] == pytest.approx(result["p_fake_after"], abs=1e-4)
+
+
+def test_finished_cw_job_progress_ends_at_the_iterations_it_ran(client: TestClient) -> None:
+    data = {"method": "cw_l2", "search_steps": "1", "max_iterations": "1001", "target": "tiny-vgg"}
+    info = finished_job(client, client.post("/attack", files={"file": ("g.png", image())}, data=data))
+    ran = info["result"]["iterations"]
+    progress = info["progress"]
+    assert progress["iteration"] == ran and progress["max_iterations"] == 1001, (progress, ran)
+    assert progress["fraction"] == 1.0 and progress["eta_s"] == 0.0
+    assert progress["stage"] == ("cw_l2 done" if ran == 1001 else "cw_l2 done (stopped early)")

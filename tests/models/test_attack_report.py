@@ -11,10 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from models import registry
-from models.attacks import CW_PRESETS, fgsm
+from models.attacks import CW_LIMITS, CW_PRESETS, cw_l2, fgsm, pgd
 from models.attacks.report import (
     AttackReport,
     attack_and_measure,
+    attack_steps,
+    check_params,
     cw_work,
     deliver,
     perturbation_picture,
@@ -132,9 +134,49 @@ def test_given_labels_judge_success_against_them() -> None:
     assert all(r.psnr == math.inf and r.l2 == 0 for r in reports)
 
 
-def test_targeted_requires_y() -> None:
-    with pytest.raises(ValueError, match="targeted"):
-        attack_and_measure("fgsm", detector(), images(), params={"eps": 0.1, "targeted": True})
+def own_labels(model: Detector, x: Tensor) -> Tensor:
+    return (model.p_fake(x) < 0.5).long()  # 0 = fake, 1 = real
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("pgd", {"eps": 0.3, "steps": 30, "step_size": 0.02}),
+        ("cw_l2", {"search_steps": 5, "max_iterations": 100, "kappa": 0.0, "lr": 0.1}),
+    ],
+)
+def test_targeted_without_y_moves_the_target_to_its_other_class(method: str, params: dict) -> None:
+    target, x = detector(), images(8)
+    before = own_labels(target, x)
+    reports = attack_and_measure(method, target, x, params={**params, "targeted": True})
+    after = own_labels(target, torch.stack([r.adv for r in reports]))
+    assert torch.equal(after, 1 - before)  # every delivered file reached the other class...
+    assert all(r.success for r in reports)  # ...and the report says so
+    assert_consistent(reports, target, x)
+
+
+def test_targeted_black_box_aims_at_the_other_class_of_the_target_not_of_the_source() -> None:
+    target, source, x = detector(0), detector(1), images(8)
+    wanted = 1 - own_labels(target, x)
+    assert (own_labels(source, x) == wanted).all()  # they disagree: untargeted would push the wrong way
+    params = {"eps": 0.3, "steps": 30, "step_size": 0.02}
+    targeted = attack_and_measure(
+        "pgd", target, x, source=source, params={**params, "targeted": True}, generator=torch.Generator().manual_seed(0)
+    )
+    expected, _ = deliver(
+        pgd(source, x, wanted, **params, targeted=True, generator=torch.Generator().manual_seed(0)), "png"
+    )
+    assert torch.equal(torch.stack([r.adv for r in targeted]), expected)  # crafted towards the target's other class
+    assert_consistent(targeted, target, x)  # success: the target's label moved (to the only other class)
+    untargeted = attack_and_measure("pgd", target, x, source=source, params=params)
+    assert sum(r.success for r in targeted) > sum(r.success for r in untargeted)
+
+
+def test_given_y_still_wins_over_the_derived_target() -> None:
+    target, x = detector(), images()
+    own = own_labels(target, x)
+    reports = attack_and_measure("fgsm", target, x, params={"eps": 0.0, "targeted": True}, y=own)
+    assert all(r.success for r in reports)  # the given target is the clean verdict: reached without a change
 
 
 def test_validation_names_the_bad_value() -> None:
@@ -149,6 +191,47 @@ def test_validation_names_the_bad_value() -> None:
         resolve_params("cw_l2", {"preset": "fast"})
     with pytest.raises(ValueError, match="progress"):
         resolve_params("cw_l2", {"progress": print})
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "named"),
+    [
+        ("cw_l2", {"kappa": math.inf}, r"^kappa must be a finite number"),
+        ("cw_l2", {"kappa": 1e308}, r"^kappa .*1e\+06"),
+        ("cw_l2", {"c_init": 1e308}, r"^c_init .*1e\+10"),
+        ("cw_l2", {"c_init": math.inf}, r"^c_init must be a finite number"),  # not blamed on c_max
+        ("cw_l2", {"c_init": 1e308, "c_max": 1e308}, r"^c_init"),
+        ("cw_l2", {"c_max": math.inf}, r"^c_max must be a finite number"),
+        ("cw_l2", {"c_init": 100.0, "c_max": 10.0}, r"^c_max must be at least c_init \(100.0\), got 10.0"),
+        ("cw_l2", {"lr": math.nan}, r"^lr must be a finite number"),
+        ("cw_l2", {"preset": "paper", "max_iterations": 0}, r"^max_iterations"),
+        ("fgsm", {"eps": math.nan}, r"^eps must be a finite number in \[0, 1\], got nan"),
+        ("pgd", {"step_size": math.inf}, r"^step_size must be a finite number"),
+        ("pgd", {"steps": 2.5}, r"^steps must be an integer"),
+    ],
+)
+def test_check_params_refuses_what_the_attack_would(method: str, params: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        check_params(method, params)
+    with pytest.raises(ValueError, match=named):  # the same message, from the attack itself
+        attack_and_measure(method, detector(), images(1), params=params)
+
+
+def test_cw_runs_at_its_largest_constants_without_overflow() -> None:
+    target, x = detector(), images(2)
+    y = own_labels(target, x)
+    big = {"kappa": CW_LIMITS["kappa"], "c_init": CW_LIMITS["c_init"], "search_steps": 3, "max_iterations": 3}
+    for c_max in (CW_LIMITS["c_max"], None):
+        result = cw_l2(target, x, y, **big, c_max=c_max, lr=0.01)
+        assert torch.isfinite(result.c).all() and (result.c <= CW_LIMITS["c_max"]).all()
+        assert torch.isfinite(result.adv).all()
+
+
+def test_attack_steps_bound_the_gradient_steps() -> None:
+    assert attack_steps("fgsm", {"eps": 0.1}) == 1
+    assert attack_steps("pgd", {}) == 10 and attack_steps("pgd", {"steps": 7}) == 7
+    assert attack_steps("cw_l2", {}) == 5 * 100
+    assert attack_steps("cw_l2", {"preset": "paper", "search_steps": 2}) == 2 * 1000
 
 
 def test_params_defaults_and_presets() -> None:

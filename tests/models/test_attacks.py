@@ -297,10 +297,48 @@ def test_cw_reports_progress_and_can_be_cancelled() -> None:
         cw_l2(model, x, y, **FAST_CW, should_stop=lambda: True)
 
 
+def test_pgd_reports_progress_and_can_be_cancelled() -> None:
+    model, x = conv_model(), images(2)
+    y = predict(model, x)
+    seen: list[Progress] = []
+    quiet = pgd(model, x, y, eps=0.02, steps=25, step_size=0.005, generator=torch.Generator().manual_seed(0))
+    adv = pgd(
+        model,
+        x,
+        y,
+        eps=0.02,
+        steps=25,
+        step_size=0.005,
+        progress=seen.append,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.equal(adv, quiet)  # listening changes nothing
+    assert [p.iteration for p in seen] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]
+    assert all(p.max_iterations == 25 and p.stage == "pgd" and math.isfinite(p.loss) for p in seen)
+    # The loss reported is the mean cross-entropy of the image the step started from.
+    assert seen[0].loss > 0
+    calls: list[int] = []
+
+    def stop_on_third_poll() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(Cancelled) as info:
+        pgd(model, x, y, eps=0.02, steps=1000, step_size=0.005, should_stop=stop_on_third_poll)
+    assert info.value.iteration == 30  # polled every 10 steps: it stopped within 10 steps of the request
+
+
 @pytest.mark.parametrize(
     ("attack", "kwargs", "named"),
     [
         ("fgsm", {"eps": -0.1}, "-0.1"),
+        ("fgsm", {"eps": float("inf")}, "eps must be a finite number"),
+        ("pgd", {"eps": 0.1, "steps": 3, "step_size": float("nan")}, "step_size must be a finite number"),
+        ("cw_l2", {**FAST_CW, "kappa": float("inf")}, "kappa must be a finite number"),
+        ("cw_l2", {**FAST_CW, "kappa": 1e308}, "kappa"),
+        ("cw_l2", {**FAST_CW, "c_init": 1e308, "c_max": 1e308}, "c_init"),
+        ("cw_l2", {**FAST_CW, "c_init": float("inf")}, "^c_init"),
+        ("cw_l2", {**FAST_CW, "c_max": float("inf")}, "^c_max"),
         ("fgsm", {"eps": 2.0}, "2.0"),
         ("fgsm", {"eps": float("nan")}, "nan"),
         ("pgd", {"eps": 0.1, "steps": 0, "step_size": 0.01}, "steps"),

@@ -73,3 +73,9 @@ def test_zoo_loads_a_directory_by_stem(tiny_checkpoints: Path) -> None:
     assert zoo.names() == ["tiny-resnet", "tiny-vgg"]
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         zoo.get("nope")
+
+
+def test_zoo_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"'.*nowhere' does not exist"):
+        Zoo.from_directory(tmp_path / "nowhere", torch.device("cpu"))
+    assert Zoo.from_directory(tmp_path, torch.device("cpu")).names() == []  # an empty folder is a valid (empty) zoo

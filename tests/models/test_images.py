@@ -8,6 +8,7 @@ from PIL import Image
 from models.images import (
     EmptyImage,
     ImageTooLarge,
+    ImageTooSmall,
     InvalidImage,
     UnsupportedImage,
     decode_image,
@@ -122,3 +123,11 @@ def test_exif_orientation_is_applied() -> None:
 def test_jpeg_quality_is_validated() -> None:
     with pytest.raises(ValueError, match="quality"):
         encode_jpeg(torch.rand(3, 8, 8), quality=0)
+
+
+def test_min_side_is_checked_from_the_header() -> None:
+    one = files.encode(files.gradient_rgb(1, 1), "PNG")
+    assert decode_image(one).shape == (3, 1, 1)  # the default (CLI, library) takes any size
+    with pytest.raises(ImageTooSmall, match="1 x 1 pixels; each side must be at least 16"):
+        decode_image(one, min_side=16)
+    assert decode_image(files.encode(files.gradient_rgb(16, 40), "PNG"), min_side=16).shape == (3, 40, 16)

@@ -75,6 +75,16 @@ def test_dip_images_in_a_batch_are_independent() -> None:
     assert not torch.allclose(a[1], b[1], atol=1e-3)
 
 
+def test_dip_result_does_not_depend_on_the_batch_size_from_two_on() -> None:
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    two = dip_purify(x[:2], preset=SMALL, max_iterations=15).image
+    three = dip_purify(x, preset=SMALL, max_iterations=15).image
+    torch.testing.assert_close(two, three[:2], atol=0, rtol=0)
+    # Alone: dense instead of grouped convolutions, so other rounding (README: not bit-identical), same fit.
+    alone = dip_purify(x[:1], preset=SMALL, max_iterations=15).image
+    assert float(psnr(alone, two[:1])) > 30
+
+
 def test_progress_is_strictly_increasing_and_reports_psnr() -> None:
     seen: list[Progress] = []
     dip_purify(torch.rand(1, 3, 32, 32), preset=SMALL, max_iterations=40, progress=seen.append, progress_every=5)

@@ -57,6 +57,9 @@ def test_purify_job_finishes_with_png_and_scores(processes: Processes, redis_url
     assert info["attempts"] == 1 and info["expires_at"] is not None
     result = info["result"]
     assert result["iterations"] == 300 and result["width"] == 48 and result["height"] == 40
+    # the last progress record is where the loop ended (reports are throttled; an auto stop ends between them)
+    assert info["progress"]["stage"] == "dip done (fixed)" and info["progress"]["iteration"] == 300
+    assert info["progress"]["fraction"] == 1.0 and info["progress"]["eta_s"] == 0.0
     # the worker ran the engine its settings asked for (no CUDA here: no graphs)
     assert result["runtime"] == {
         "engine": "fast",
@@ -167,6 +170,7 @@ def test_queued_dip_jobs_are_purified_in_one_batch(
     assert leader["batch_size"] == 3 and leader["batched_with"] is None
     for j in same[1:]:
         assert results[j]["result"]["batched_with"] == same[0]
+        assert results[j]["progress"]["stage"] == "dip done (fixed)"  # the leader's final record, mirrored
         png = httpx.get(f"{base}/jobs/{j}/result", timeout=30)
         assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (48, 40)
     assert results[other_seed]["result"]["batch_size"] == 1  # a different seed is a different network
