@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,15 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
+@contextmanager
+def redis_in_tmp(*, appendonly: bool) -> Iterator[EmbeddedRedis]:
+    """A bundled Redis server in a fresh folder, stopped and removed afterwards."""
     # Unix socket paths are limited to ~100 characters: keep the directory short.
     with tempfile.TemporaryDirectory(prefix="dfg-redis-", dir="/tmp") as tmp:
-        server = EmbeddedRedis(tmp, appendonly=False).start()
+        server = EmbeddedRedis(tmp, appendonly=appendonly).start()
         try:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    with redis_in_tmp(appendonly=False) as server:
+        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ same API recovers by itself once Redis is back."""
 from __future__ import annotations
 
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from app.main import create_app
 from app.settings import Settings
 from deepfake_guard.embedded import EmbeddedRedis
 from tests import imagefiles as files
-from tests.conftest import free_port
+from tests.conftest import free_port, redis_in_tmp
 
 PROBLEM = "application/problem+json"
 RETRY_AFTER_S = 7
@@ -57,12 +56,8 @@ def assert_redis_503(resp, needle: str = "Redis is not reachable") -> dict:  # t
 @pytest.fixture
 def own_redis() -> Iterator[EmbeddedRedis]:
     """A Redis server of this test's own (the session one is shared), with AOF as `serve` runs it."""
-    with tempfile.TemporaryDirectory(prefix="dfg-out-", dir="/tmp") as tmp:
-        server = EmbeddedRedis(tmp, appendonly=True).start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with redis_in_tmp(appendonly=True) as server:
+        yield server
 
 
 def test_killed_redis_gives_503_with_retry_after_then_the_api_recovers(
