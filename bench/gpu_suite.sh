@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issues 3, 4 and 6 in one run (expected 5-7 minutes on an H100/H200, and each step has a
-# time limit: 8 minutes in all even if every step hits its limit). It needs torch, torchvision, numpy, pillow and
+# time limit: 475 s of steps, under 8 minutes in all even if every step hits its limit). It needs torch, torchvision, numpy, pillow and
 # safetensors, no service package (tests/test_bench.py runs each script with those made unimportable). Every
 # script rewrites its JSON after each row, so a step stopped at its limit keeps what it measured ("partial").
 # Usage: bash bench/gpu_suite.sh [OUT_DIR]      (OUT_DIR defaults to runs/gpu-suite)
@@ -54,7 +54,7 @@ run detect 40 $py bench/detect.py --device $dev $det --json "$out/detect.json"
 # bar for the default (auto stop) and early (1,000 fixed) presets, the latter in fp32 and bf16.
 data="${SUITE_DATA:-data/demo/test}"
 if [ -d "$data" ]; then
-  run restoration 100 $py bench/restoration.py --device $dev --data "$data" $rest --json "$out/restoration.json"
+  run restoration 95 $py bench/restoration.py --device $dev --data "$data" $rest --json "$out/restoration.json"
 else
   echo "=== restoration skipped: $data is missing"
 fi
