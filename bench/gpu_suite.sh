@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 3, 4 and 6 in one run (expected 5-7 minutes on an H100/H200, and each step has a
-# time limit: 475 s of steps, under 8 minutes in all even if every step hits its limit). It needs torch, torchvision, numpy, pillow and
-# safetensors, no service package (tests/test_bench.py runs each script with those made unimportable). Every
-# script rewrites its JSON after each row, so a step stopped at its limit keeps what it measured ("partial").
+# Every GPU measurement of issues 3, 4 and 6 in one run (expected 5-7 minutes on an H100/H200). Each step has a
+# time limit; the limits sum to 475 s, so the suite ends within 8 minutes even if every step hits its limit.
+# It needs torch, torchvision, numpy, pillow and safetensors, no service package (tests/test_bench.py runs each
+# script with those made unimportable). Every script rewrites its JSON after each row, so a step stopped at its
+# limit keeps what it measured (the summary marks it "partial").
 # Usage: bash bench/gpu_suite.sh [OUT_DIR]      (OUT_DIR defaults to runs/gpu-suite)
 #        SUITE_SMOKE=1 bash bench/gpu_suite.sh OUT  the same steps on CPU at toy sizes (SUITE_DATA: the test split)
 # The demo detectors come from checkpoints/; data/demo/test is needed only for the restoration step
