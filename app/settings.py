@@ -69,7 +69,11 @@ class Settings(BaseSettings):
     )
     job_timeout_s: int = Field(3600, ge=10, description="Longest a job may run before RQ stops it.")
     job_retries: int = Field(
-        2, ge=0, le=10, description="Times a failed job is retried (its worker died, or it raised)."
+        2,
+        ge=0,
+        le=10,
+        description="Times a failed job is retried (its worker died, or it raised an error that may not recur; a "
+        "`ValueError`, `TypeError` or `LookupError`, i.e. bad parameters or an expired input, fails at once).",
     )
     result_ttl_s: int = Field(86_400, ge=60, description="How long finished jobs and their results are kept.")
     failure_ttl_s: int = Field(7 * 86_400, ge=60, description="How long failed or stopped jobs are kept.")

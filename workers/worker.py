@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -25,6 +26,11 @@ from workers import runtime
 
 log = logging.getLogger("deepfake_guard.worker")
 
+#: Errors that a retry would only repeat: bad parameters or input, an input that has expired. Such a job fails
+#: at once with its reason. Anything else (a CUDA out-of-memory RuntimeError, a Redis blip, a killed worker)
+#: is retried up to DFG_JOB_RETRIES times.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError)
+
 
 class GuardWorker(SimpleWorker):
     heartbeat_s: int = 5
@@ -35,6 +41,12 @@ class GuardWorker(SimpleWorker):
     def mark_stopped(self, job_id: str) -> None:
         """The job was stopped on request: RQ then records it STOPPED and does not retry it."""
         self._stopped_job_id = job_id
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        # RQ calls this before it decides, from this same job object, whether to retry.
+        if len(exc_info) > 1 and isinstance(exc_info[1], PERMANENT_ERRORS):
+            job.retries_left = 0
+        super().handle_exception(job, *exc_info)
 
     def _beat(self, job: Job, execution: Execution, done: threading.Event) -> None:
         while not done.wait(self.heartbeat_s):
