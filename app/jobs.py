@@ -56,6 +56,48 @@ def _request_fingerprint(func: str, params: dict[str, Any], image: bytes) -> str
     return h.hexdigest()
 
 
+#: Deletes the key only if it still holds the given value (another request may have claimed it since).
+_DELETE_IF_SAME = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+#: How long a request waits for the job of an identical request that claimed the same key a moment earlier.
+CLAIM_WAIT_S = 2.0
+
+
+def _claim(conn: Redis, settings: Settings, name: str, claim: str, fingerprint: str) -> Job | None:
+    """Claim an Idempotency-Key for a new job (returns None), or return the job that an identical request made.
+
+    A claim is written before its job exists (the job id must be known first), so an identical request can
+    find the claim and no job yet: it waits (``CLAIM_WAIT_S``) rather than making a second job. A claim whose
+    job never appears (its request failed, or the job expired) is replaced only if unchanged meanwhile.
+    """
+    key = jobkeys.idempotency_key(name)
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        if conn.set(key, claim, nx=True, ex=settings.result_ttl_s):
+            return None
+        raw = cast(bytes | None, conn.get(key))
+        if raw is None:
+            continue  # released between the two calls: claim it again
+        existing_id, _, existing_fp = raw.decode().partition(" ")
+        if existing_fp != fingerprint:
+            # The other job's id is not named: it is all a client needs to read that job's result.
+            raise IdempotencyConflict(
+                f"Idempotency-Key {name!r} was already used with a different request "
+                "(another image or other parameters); use a new key for a new request"
+            )
+        with contextlib.suppress(NoSuchJobError):
+            return Job.fetch(existing_id, connection=conn)
+        if time.monotonic() < deadline:
+            time.sleep(0.02)  # the identical request that claimed the key is creating its job
+            continue
+        conn.eval(_DELETE_IF_SAME, 1, key, raw)  # its job never came (or expired): start afresh
+        deadline = time.monotonic() + CLAIM_WAIT_S
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not key.strip():
+        raise InvalidParameter("Idempotency-Key is empty; send a unique key (e.g. a UUID) or leave the header out")
+
+
 def enqueue(
     conn: Redis,
     settings: Settings,
@@ -66,34 +108,23 @@ def enqueue(
     params: dict[str, Any],
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Queue a job on an already validated image. Returns ``(job, created)``."""
+    """Queue a job on an already validated image. Returns ``(job, created)``.
+
+    With an ``idempotency_key``, concurrent identical requests get one job (the others ``created=False``),
+    and a request that differs gets ``IdempotencyConflict``.
+    """
     fingerprint = _request_fingerprint(func, params, image)
     job_id = uuid.uuid4().hex
-    if idempotency_key is not None and not idempotency_key.strip():
-        raise InvalidParameter("Idempotency-Key is empty; send a unique key (e.g. a UUID) or leave the header out")
+    claim = f"{job_id} {fingerprint}"
+    check_idempotency_key(idempotency_key)
     if idempotency_key is not None:
-        idem = jobkeys.idempotency_key(idempotency_key)
-        claimed = conn.set(idem, f"{job_id} {fingerprint}", nx=True, ex=settings.result_ttl_s)
-        if not claimed:
-            existing = (cast(bytes | None, conn.get(idem)) or b"").decode()
-            existing_id, _, existing_fp = existing.partition(" ")
-            if existing_fp != fingerprint:
-                # The other job's id is not named: it is all a client needs to read that job's result.
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {idempotency_key!r} was already used with a different request "
-                    "(another image or other parameters); use a new key for a new request"
-                )
-            try:
-                return Job.fetch(existing_id, connection=conn), False
-            except NoSuchJobError:
-                conn.delete(idem)  # the earlier job expired: this request starts afresh
-                return enqueue(
-                    conn, settings, func=func, kind=kind, image=image, params=params, idempotency_key=idempotency_key
-                )
+        existing = _claim(conn, settings, idempotency_key, claim, fingerprint)
+        if existing is not None:
+            return existing, False
     queue = queue_for(conn, settings)
     if queue.count >= settings.max_queue_depth:
         if idempotency_key is not None:
-            conn.delete(jobkeys.idempotency_key(idempotency_key))
+            conn.eval(_DELETE_IF_SAME, 1, jobkeys.idempotency_key(idempotency_key), claim)
         raise QueueFull(
             f"{queue.count} jobs are queued (limit {settings.max_queue_depth}); retry later",
             headers={"Retry-After": str(settings.retry_after_s)},

@@ -101,13 +101,15 @@ class Settings(BaseSettings):
     cw_sync_max_steps: int = Field(
         1000,
         ge=0,
-        description="CW-L2 requests needing more optimisation steps (search_steps x max_iterations) run as jobs (202).",
+        description="CW-L2 requests needing more optimisation steps (search_steps x max_iterations) run as jobs "
+        "(202); steps count at 512 x 512 pixels, a larger image counts as proportionally more.",
     )
     pgd_sync_max_steps: int = Field(
         100,
         ge=0,
-        description="PGD requests with more steps run as jobs (202); the rest run in the request, holding the "
-        "compute lock /detect shares.",
+        description="PGD (and FGSM, 1 step) requests with more steps run as jobs (202); the rest run in the "
+        "request, holding the compute lock /detect shares. Steps count at 512 x 512 pixels, a larger image counts "
+        "as proportionally more (FGSM on a 40 Mpx image: ~150 steps).",
     )
 
     @model_validator(mode="after")

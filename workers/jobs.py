@@ -8,11 +8,14 @@ returns a JSON-able dict.
 from __future__ import annotations
 
 import base64
+import logging
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
@@ -62,9 +65,23 @@ def _reporter(job: Job) -> ProgressFn:
             "fraction": fraction,
             "eta_s": eta,
         }
-        job.save_meta()
+        _best_effort("progress report", job.save_meta, None)
 
     return report
+
+
+log = logging.getLogger("deepfake_guard.jobs")
+T = TypeVar("T")
+
+
+def _best_effort(what: str, fn: Callable[[], T], otherwise: T) -> T:
+    """Progress reports and stop checks must not fail a running job when Redis blips (a restart of the
+    bundled server takes well under a second): the job goes on, and its result is stored once Redis is back."""
+    try:
+        return fn()
+    except RedisError as exc:
+        log.warning("%s skipped: Redis unreachable (%s)", what, exc)
+        return otherwise
 
 
 def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:
@@ -77,7 +94,7 @@ def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:
         if now - last < STOP_POLL_S:
             return False
         last = now
-        if rt.conn.exists(key):
+        if _best_effort("stop check", lambda: bool(rt.conn.exists(key)), False):
             if rt.worker is not None:
                 rt.worker.mark_stopped(job.id)
             return True
@@ -158,10 +175,10 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
 
     def progress(p: Progress) -> None:
         report(p)
-        batching.mirror_progress(followers, job.meta.get("progress", {}))
+        _best_effort("batch progress", lambda: batching.mirror_progress(followers, job.meta.get("progress", {})), None)
 
     def stop_and_refresh() -> bool:
-        batching.refresh(rt, job.id, followers)
+        _best_effort("batch claim refresh", lambda: batching.refresh(rt, job.id, followers), None)
         return should_stop()
 
     how: dict[str, Any] = {}

@@ -24,6 +24,9 @@ from models.images import encode_png
 
 router = APIRouter(tags=["attacks"])
 
+#: The image size at which the synchronous step budgets (DFG_PGD_SYNC_MAX_STEPS, DFG_CW_SYNC_MAX_STEPS) count.
+SYNC_REFERENCE_PIXELS = 512 * 512
+
 #: Form fields whose attack keyword differs (CW-L2's ``c_init`` is the form's ``c``).
 _KEYWORDS = {"c": "c_init"}
 _FORM_NAMES = {v: k for k, v in _KEYWORDS.items()}
@@ -71,7 +74,10 @@ def _real(*, gt: float | None = None, ge: float | None = None, le: float | None 
     "/attack",
     summary="Craft an adversarial example against a detector (white-box, or black-box transfer from `source`)",
     responses={
-        202: {"description": "PGD or CW-L2 above its synchronous step budget: queued as a job", "model": JobAccepted},
+        202: {
+            "description": "Above the synchronous step budget (steps counted at 512 x 512 pixels): queued as a job",
+            "model": JobAccepted,
+        },
         **problem_responses(404, 409, 413, 415, 422, 503),
     },
     dependencies=[Depends(one_file)],
@@ -130,6 +136,7 @@ async def attack(
     }[method]
     params = {_KEYWORDS.get(k, k): v for k, v in applicable_params(method, given, allowed).items()}
     params["targeted"] = targeted
+    jobs.check_idempotency_key(idempotency_key)  # refused alike whether the attack is queued or not
     try:
         # Every check the attack itself would make, now: a bad value is a 422, never a failed job or a 500.
         check_params(method, params)
@@ -138,8 +145,11 @@ async def attack(
     tgt = service.model(target)
     src = service.model(source) if source else tgt
     data, x = await read_image(file, settings)
-    budget = {"pgd": settings.pgd_sync_max_steps, "cw_l2": settings.cw_sync_max_steps}.get(method)
-    if budget is not None and attack_steps(method, params) > budget:
+    # An attack works at the upload's own resolution, so a step on a 40 Mpx image costs ~150 at 512 x 512:
+    # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
+    budget = settings.cw_sync_max_steps if method == "cw_l2" else settings.pgd_sync_max_steps
+    scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS)
+    if attack_steps(method, params) * scale > budget:
         job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
         # Redis calls block: off the event loop, as POST /purify does.
         job, created = await run_in_threadpool(

@@ -24,7 +24,9 @@ router = APIRouter(tags=["detection"])
 async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
-    threshold: Annotated[float, Form(ge=0.0, le=1.0, description="label is fake when p_fake >= threshold.")] = 0.5,
+    threshold: Annotated[
+        float, Form(ge=0.0, le=1.0, allow_inf_nan=False, description="label is fake when p_fake >= threshold.")
+    ] = 0.5,
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
 ) -> DetectResponse:
@@ -51,7 +53,12 @@ async def detect(
     )
 
 
-@router.get("/models", response_model=ModelsResponse, summary="Detectors this service can use")
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    summary="Detectors this service can use",
+    responses=problem_responses(503),
+)
 def list_models(service: DetectionService = Depends(get_detection)) -> ModelsResponse:
     return ModelsResponse(
         default=service.default_model,

@@ -12,7 +12,7 @@ router = APIRouter(tags=["health"])
 
 @router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-def healthz() -> Health:
+async def healthz() -> Health:  # on the event loop: never queued behind threads blocked on Redis
     return Health(status="ok")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -254,3 +256,53 @@ def test_openapi_documents_errors_as_problem_json(client: TestClient) -> None:
     assert all(types == {PROBLEM} for *_, types in errors), [e for e in errors if e[3] != {PROBLEM}]
     documented = {(path, status) for path, _, status, _ in errors}
     assert {("/detect", "413"), ("/purify", "409"), ("/attack", "422"), ("/jobs/{job_id}", "404")} <= documented
+
+
+def test_concurrent_identical_requests_with_one_key_make_one_job(
+    tiny_checkpoints: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is claimed before its job exists; a slow enqueue widens that gap so the others land in it."""
+    import threading
+
+    from rq import Queue
+
+    from app import jobkeys, jobs
+
+    slow_enqueue = Queue.enqueue
+
+    def enqueue_slowly(self: Queue, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        return slow_enqueue(self, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "enqueue", enqueue_slowly)
+    settings = Settings(checkpoints_dir=tiny_checkpoints, redis_url=redis_url, device="cpu")  # type: ignore[arg-type]
+    conn = Redis.from_url(redis_url)
+    outcomes: list[tuple[str, bool] | str] = []
+
+    def submit() -> None:
+        try:
+            job, created = jobs.enqueue(
+                conn, settings, func=jobkeys.PURIFY_FUNC, kind="purify", image=png(), params={"method": "jpeg"},
+                idempotency_key="same-key",
+            )  # fmt: skip
+            outcomes.append((job.id, created))
+        except Exception as exc:  # a false 409 or anything else is a failure of this test
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=submit) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert len({o[0] for o in outcomes}) == 1 and sum(o[1] for o in outcomes) == 1, outcomes  # type: ignore[index]
+    assert conn.llen("rq:queue:deepfake-guard") == 1
+
+
+def test_nan_threshold_and_an_empty_key_on_a_synchronous_attack_are_refused(client: TestClient) -> None:
+    resp = client.post("/detect", files={"file": ("a.png", png())}, data={"threshold": "nan"})
+    assert_problem(resp, 422, "finite number")
+    resp = client.post(
+        "/attack", files={"file": ("a.png", png())}, data={"method": "fgsm"}, headers={"Idempotency-Key": ""}
+    )
+    assert_problem(resp, 422, "Idempotency-Key is empty")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 from redis import Redis
 
 from app.settings import Settings
@@ -235,3 +237,17 @@ def test_finished_cw_job_progress_ends_at_the_iterations_it_ran(client: TestClie
     assert progress["iteration"] == ran and progress["max_iterations"] == 1001, (progress, ran)
     assert progress["fraction"] == 1.0 and progress["eta_s"] == 0.0
     assert progress["stage"] == ("cw_l2 done" if ran == 1001 else "cw_l2 done (stopped early)")
+
+
+def test_a_large_image_counts_as_more_steps(client: TestClient) -> None:
+    """Attacks work at the upload's resolution: the step budget (40 here) is counted at 512 x 512 pixels."""
+    at_reference = files.encode(files.gradient_rgb(512, 512), "PNG")
+    resp = client.post("/attack", files={"file": ("r.png", at_reference)}, data={"method": "pgd", "steps": "40"})
+    assert resp.status_code == 200, resp.text  # 40 steps at the reference size: within the budget
+    big = files.encode(files.gradient_rgb(1024, 1024), "PNG")  # 4 x the pixels
+    resp = client.post("/attack", files={"file": ("big.png", big)}, data={"method": "pgd", "steps": "11"})
+    info = finished_job(client, resp)  # 11 steps count as 44 > 40: queued, and the job runs them
+    assert info["result"]["iterations"] == 11
+    assert Image.open(io.BytesIO(client.get(info["result_url"]).content)).size == (1024, 1024)
+    # FGSM is one step: queued only when its image is over 40 x the reference size (not here)
+    assert client.post("/attack", files={"file": ("big.png", big)}, data={"method": "fgsm"}).status_code == 200
