@@ -7,6 +7,7 @@ from redis import Redis
 
 from app.detection import DetectionService
 from app.errors import ServiceUnavailable
+from app.pixels import PixelGate
 from app.settings import Settings
 
 
@@ -29,3 +30,8 @@ def get_redis(request: Request) -> Redis:
     if conn is None:
         raise ServiceUnavailable("no Redis is configured (set DFG_REDIS_URL, or start with `deepfake-guard serve`)")
     return conn
+
+
+def get_pixel_gate(request: Request) -> PixelGate:
+    gate: PixelGate = request.app.state.pixel_gate
+    return gate

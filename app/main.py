@@ -11,6 +11,7 @@ from redis import Redis
 
 from app.detection import DetectionService
 from app.errors import install_error_handlers
+from app.pixels import PixelGate
 from app.routes import attack, detect, health, jobs
 from app.settings import Settings, get_settings
 from deepfake_guard import __version__
@@ -61,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.pixel_gate = PixelGate(
+        settings.pixels_in_flight, wait_s=settings.pixels_wait_s, retry_after_s=settings.retry_after_s
+    )
     install_error_handlers(app)
     for module in (health, detect, attack, jobs):
         app.include_router(module.router)

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         "/detect request may hold together.",
     )
     min_image_side: int = Field(16, ge=1, description="Smallest accepted image side, in pixels (422 below).")
+    max_pixels_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Decoded pixels all requests may hold at once (each costs ~30 bytes while its request runs); "
+        "a request waits for its share up to DFG_PIXELS_WAIT_S, then gets 503. Unset: 2 x DFG_MAX_PIXELS.",
+    )
+    pixels_wait_s: float = Field(
+        30.0, gt=0, le=600, description="How long a request waits for its decoded pixels before a 503."
+    )
     max_files: int = Field(32, ge=1, description="Most images in one /detect request.")
 
     # --- jobs ---
@@ -116,7 +125,16 @@ class Settings(BaseSettings):
     def _check_redis_url(self) -> Settings:
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"DFG_REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+        if self.max_pixels_in_flight is not None and self.max_pixels_in_flight < self.max_pixels:
+            raise ValueError(
+                f"DFG_MAX_PIXELS_IN_FLIGHT ({self.max_pixels_in_flight}) must be at least DFG_MAX_PIXELS "
+                f"({self.max_pixels}): an image of the largest accepted size could never be decoded"
+            )
         return self
+
+    @property
+    def pixels_in_flight(self) -> int:
+        return self.max_pixels_in_flight or 2 * self.max_pixels
 
 
 @lru_cache(maxsize=1)

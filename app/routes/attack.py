@@ -11,9 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app import jobkeys, jobs
-from app.deps import get_app_settings, get_detection, get_redis
+from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, applicable_params, problem_responses
+from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import accepted
 from app.schemas import JobAccepted
 from app.settings import Settings
@@ -124,6 +125,7 @@ async def attack(
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
     conn: Redis = Depends(get_redis),
+    gate: PixelGate = Depends(get_pixel_gate),
 ) -> Any:
     given = {
         "eps": eps, "steps": steps, "step_size": step_size, "preset": preset, "search_steps": search_steps,
@@ -144,23 +146,25 @@ async def attack(
         raise InvalidParameter(_in_form_names(str(exc))) from exc
     tgt = service.model(target)
     src = service.model(source) if source else tgt
-    data, x = await read_image(file, settings)
-    # An attack works at the upload's own resolution, so a step on a 40 Mpx image costs ~150 at 512 x 512:
-    # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
-    budget = settings.cw_sync_max_steps if method == "cw_l2" else settings.pgd_sync_max_steps
-    scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS)
-    if attack_steps(method, params) * scale > budget:
-        job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
-        # Redis calls block: off the event loop, as POST /purify does.
-        job, created = await run_in_threadpool(
-            lambda: jobs.enqueue(
-                conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
-                idempotency_key=idempotency_key,
-            )
-        )  # fmt: skip
-        body = accepted(job.id, str(job.get_status(refresh=False).value), response, created)
-        return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})
-    try:
-        return await run_in_threadpool(_run_sync, service, x, method, tgt.name, src.name, params, save_format)
-    except ValueError as exc:
-        raise InvalidParameter(_in_form_names(str(exc))) from exc
+    async with gate.hold(await declared_pixels([file])):  # the full-size image, until the attack is done
+        data, x = await read_image(file, settings)
+        # An attack works at the upload's own resolution, so a step on a 40 Mpx image costs ~150 at 512 x 512:
+        # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
+        budget = settings.cw_sync_max_steps if method == "cw_l2" else settings.pgd_sync_max_steps
+        scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS)
+        if attack_steps(method, params) * scale <= budget:
+            try:
+                return await run_in_threadpool(_run_sync, service, x, method, tgt.name, src.name, params, save_format)
+            except ValueError as exc:
+                raise InvalidParameter(_in_form_names(str(exc))) from exc
+        del x
+    job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
+    # Redis calls block: off the event loop, as POST /purify does.
+    job, created = await run_in_threadpool(
+        lambda: jobs.enqueue(
+            conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
+            idempotency_key=idempotency_key,
+        )
+    )  # fmt: skip
+    body = accepted(job.id, str(job.get_status(refresh=False).value), response, created)
+    return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})

@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from app.deps import get_app_settings, get_detection
+from app.deps import get_app_settings, get_detection, get_pixel_gate
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
+from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
 from app.settings import Settings
 from app.uploads import read_images
@@ -29,12 +30,15 @@ async def detect(
     ] = 0.5,
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
+    gate: PixelGate = Depends(get_pixel_gate),
 ) -> DetectResponse:
     if len(file) > settings.max_files:
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
     loaded = service.model(model)
-    images = await read_images(file, settings)
-    scores = await service.score(loaded, images)
+    async with gate.hold(await declared_pixels(file)):  # until the full-size images are scored and dropped
+        images = await read_images(file, settings)
+        scores = await service.score(loaded, images)
+        del images
     ref = ModelRef(name=loaded.name, sha256=loaded.sha256)
     return DetectResponse(
         model=ref,

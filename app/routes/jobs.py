@@ -7,8 +7,9 @@ from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
 from app import jobkeys, jobs
-from app.deps import get_app_settings, get_redis
+from app.deps import get_app_settings, get_pixel_gate, get_redis
 from app.errors import InvalidParameter, applicable_params, problem_responses
+from app.pixels import PixelGate, declared_pixels
 from app.schemas import JobAccepted, JobCancelled, JobInfo
 from app.settings import Settings
 from app.uploads import one_file, read_image
@@ -56,6 +57,7 @@ async def purify(
     idempotency_key: IdempotencyKey = None,
     settings: Settings = Depends(get_app_settings),
     conn: Redis = Depends(get_redis),
+    gate: PixelGate = Depends(get_pixel_gate),
 ) -> JobAccepted:
     if max_iterations is not None and max_iterations > settings.max_dip_iterations:
         raise InvalidParameter(f"max_iterations={max_iterations} exceeds the limit of {settings.max_dip_iterations}")
@@ -77,7 +79,8 @@ async def purify(
     params: dict[str, Any] = {"method": method, **applicable_params(method, given, allowed[method])}
     if kernel_size is not None and kernel_size % 2 == 0:
         raise InvalidParameter(f"kernel_size must be odd, got {kernel_size}")
-    data, _ = await read_image(file, settings)
+    async with gate.hold(await declared_pixels([file])):  # decoded only to be checked, then dropped
+        data, _ = await read_image(file, settings)
     if method == "dip":
         params.update(preset=preset or "default", seed=seed or 0)
     # Redis calls block: off the event loop, so a slow Redis (up to DFG_REDIS_TIMEOUT_S) stalls only this request.
