@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
@@ -67,9 +70,24 @@ async def read_images(uploads: list[UploadFile], settings: Settings) -> list[Ten
     return images
 
 
-async def one_file(request: Request) -> None:
-    """Refuse a request that repeats the ``file`` field where one image is expected (one would be ignored)."""
-    form = await request.form()
-    count = len(form.getlist("file"))
-    if count > 1:
-        raise InvalidParameter(f"{count} files sent; this endpoint takes exactly one image in the field 'file'")
+def form_fields(names: frozenset[str], *, repeatable: frozenset[str] = frozenset()) -> Callable[..., Any]:
+    """A dependency refusing form fields a route does not take, and repeats of those it takes once.
+
+    FastAPI ignores both: a misspelt ``kernelsize`` would quietly run with the default, and of two ``method``
+    values the last would win. ``names`` must list the route's form fields (tests/app/test_api.py checks
+    them against the OpenAPI document).
+    """
+
+    async def check(request: Request) -> None:
+        form = await request.form()
+        unknown = sorted(set(form.keys()) - names)
+        if unknown:
+            raise InvalidParameter(f"unknown form field(s) {unknown}; this endpoint takes {sorted(names)}")
+        for name in sorted(set(form.keys()) - repeatable):
+            count = len(form.getlist(name))
+            if count > 1 and name == "file":
+                raise InvalidParameter(f"{count} files sent; this endpoint takes exactly one image in the field 'file'")
+            if count > 1:
+                raise InvalidParameter(f"the field {name!r} was sent {count} times; send it once")
+
+    return check

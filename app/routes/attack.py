@@ -18,13 +18,20 @@ from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import accepted
 from app.schemas import JobAccepted
 from app.settings import Settings
-from app.uploads import one_file, read_image
+from app.uploads import form_fields, read_image
 from models.attacks import CW_LIMITS
 from models.attacks.report import attack_and_measure, attack_steps, check_params, perturbation_picture
 from models.images import encode_png
 
 router = APIRouter(tags=["attacks"])
 
+#: The form fields of POST /attack (anything else is refused: app.uploads.form_fields).
+ATTACK_FIELDS = frozenset(
+    {
+        *("file", "method", "target", "source", "eps", "steps", "step_size", "preset", "search_steps"),
+        *("max_iterations", "kappa", "c", "c_max", "lr", "targeted", "save_format"),
+    }
+)
 #: The image size at which the synchronous step budgets (DFG_PGD_SYNC_MAX_STEPS, DFG_CW_SYNC_MAX_STEPS) count.
 SYNC_REFERENCE_PIXELS = 512 * 512
 
@@ -81,7 +88,7 @@ def _real(*, gt: float | None = None, ge: float | None = None, le: float | None 
         },
         **problem_responses(404, 409, 413, 415, 422, 503),
     },
-    dependencies=[Depends(one_file)],
+    dependencies=[Depends(form_fields(ATTACK_FIELDS))],
 )
 async def attack(
     response: Response,

@@ -10,10 +10,13 @@ from app.errors import InvalidParameter, problem_responses
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
 from app.settings import Settings
-from app.uploads import read_images
+from app.uploads import form_fields, read_images
 from models.detector import FAKE_INDEX
 
 router = APIRouter(tags=["detection"])
+
+#: The form fields of POST /detect (anything else is refused: app.uploads.form_fields); ``file`` may repeat.
+DETECT_FIELDS = frozenset({"file", "model", "threshold"})
 
 
 @router.post(
@@ -21,6 +24,7 @@ router = APIRouter(tags=["detection"])
     response_model=DetectResponse,
     summary="Score images as fake or real",
     responses=problem_responses(404, 413, 415, 422, 503),
+    dependencies=[Depends(form_fields(DETECT_FIELDS, repeatable=frozenset({"file"})))],
 )
 async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],

@@ -12,9 +12,14 @@ from app.errors import InvalidParameter, applicable_params, problem_responses
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import JobAccepted, JobCancelled, JobInfo
 from app.settings import Settings
-from app.uploads import one_file, read_image
+from app.uploads import form_fields, read_image
 
 router = APIRouter(tags=["jobs"])
+
+#: The form fields of POST /purify (anything else is refused: app.uploads.form_fields).
+PURIFY_FIELDS = frozenset(
+    {"file", "method", "preset", "max_iterations", "stop", "seed", "quality", "kernel_size", "bits"}
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -34,7 +39,7 @@ def accepted(job_id: str, status: str, response: Response, created: bool) -> Job
     response_model=JobAccepted,
     status_code=202,
     summary="Queue a purification job",
-    dependencies=[Depends(one_file)],
+    dependencies=[Depends(form_fields(PURIFY_FIELDS))],
     responses={
         200: {"description": "The job an earlier request with the same Idempotency-Key created", "model": JobAccepted},
         **problem_responses(409, 413, 415, 422, 503),

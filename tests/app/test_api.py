@@ -306,3 +306,27 @@ def test_nan_threshold_and_an_empty_key_on_a_synchronous_attack_are_refused(clie
         "/attack", files={"file": ("a.png", png())}, data={"method": "fgsm"}, headers={"Idempotency-Key": ""}
     )
     assert_problem(resp, 422, "Idempotency-Key is empty")
+
+
+def test_unknown_and_repeated_form_fields_are_refused(client: TestClient) -> None:
+    f = {"file": ("a.png", png())}
+    resp = client.post("/purify", files=f, data={"method": "median", "kernelsize": "5"})
+    assert_problem(resp, 422, "unknown form field(s) ['kernelsize']")
+    assert_problem(client.post("/detect", files=f, data={"treshold": "0.3"}), 422, "['treshold']")
+    assert_problem(client.post("/attack", files=f, data={"method": "fgsm", "bogus": "1"}), 422, "['bogus']")
+    twice = [("file", ("a.png", png())), ("method", (None, "jpeg")), ("method", (None, "median"))]
+    assert_problem(client.post("/purify", files=twice), 422, "'method' was sent 2 times")
+    two_images = [("file", ("a.png", png())), ("file", ("b.png", png()))]
+    assert client.post("/detect", files=two_images).status_code == 200  # /detect takes several
+
+
+def test_the_form_field_lists_match_the_routes(client: TestClient) -> None:
+    from app.routes.attack import ATTACK_FIELDS
+    from app.routes.detect import DETECT_FIELDS
+    from app.routes.jobs import PURIFY_FIELDS
+
+    spec = client.get("/openapi.json").json()
+    for path, fields in (("/detect", DETECT_FIELDS), ("/purify", PURIFY_FIELDS), ("/attack", ATTACK_FIELDS)):
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        declared = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
+        assert set(declared) == set(fields), path
