@@ -42,6 +42,20 @@ def _load_input(rt: runtime.Runtime, key: str) -> torch.Tensor:
     return decode_image(bytes(data), max_bytes=len(data) or 1, max_pixels=rt.settings.max_pixels)
 
 
+log = logging.getLogger("deepfake_guard.jobs")
+T = TypeVar("T")
+
+
+def _best_effort(what: str, fn: Callable[[], T], otherwise: T) -> T:
+    """Progress reports and stop checks must not fail a running job when Redis blips (a restart of the
+    bundled server takes well under a second): the job goes on, and its result is stored once Redis is back."""
+    try:
+        return fn()
+    except RedisError as exc:
+        log.warning("%s skipped: Redis unreachable (%s)", what, exc)
+        return otherwise
+
+
 def _reporter(job: Job) -> ProgressFn:
     started = time.monotonic()
     last = 0.0
@@ -68,20 +82,6 @@ def _reporter(job: Job) -> ProgressFn:
         _best_effort("progress report", job.save_meta, None)
 
     return report
-
-
-log = logging.getLogger("deepfake_guard.jobs")
-T = TypeVar("T")
-
-
-def _best_effort(what: str, fn: Callable[[], T], otherwise: T) -> T:
-    """Progress reports and stop checks must not fail a running job when Redis blips (a restart of the
-    bundled server takes well under a second): the job goes on, and its result is stored once Redis is back."""
-    try:
-        return fn()
-    except RedisError as exc:
-        log.warning("%s skipped: Redis unreachable (%s)", what, exc)
-        return otherwise
 
 
 def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:

@@ -15,7 +15,7 @@ from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, applicable_params, problem_responses
 from app.pixels import PixelGate, declared_pixels
-from app.routes.jobs import accepted
+from app.routes.jobs import queue_job
 from app.schemas import JobAccepted
 from app.settings import Settings
 from app.uploads import form_fields, read_image
@@ -166,12 +166,8 @@ async def attack(
                 raise InvalidParameter(_in_form_names(str(exc))) from exc
         del x
     job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
-    # Redis calls block: off the event loop, as POST /purify does.
-    job, created = await run_in_threadpool(
-        lambda: jobs.enqueue(
-            conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
-            idempotency_key=idempotency_key,
-        )
+    body = await queue_job(
+        response, conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
+        idempotency_key=idempotency_key,
     )  # fmt: skip
-    body = accepted(job.id, str(job.get_status(refresh=False).value), response, created)
     return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})

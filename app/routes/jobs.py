@@ -27,11 +27,28 @@ IdempotencyKey = Annotated[
 ]
 
 
-def accepted(job_id: str, status: str, response: Response, created: bool) -> JobAccepted:
-    location = f"/jobs/{job_id}"
+async def queue_job(
+    response: Response,
+    conn: Redis,
+    settings: Settings,
+    *,
+    func: str,
+    kind: str,
+    image: bytes,
+    params: dict[str, Any],
+    idempotency_key: str | None,
+) -> JobAccepted:
+    """Queue a job (``jobs.enqueue``) and set the response: 202 + Location, or 200 for an idempotent replay."""
+    # Redis calls block: off the event loop, so a slow Redis (up to DFG_REDIS_TIMEOUT_S) stalls only this request.
+    job, created = await run_in_threadpool(
+        lambda: jobs.enqueue(
+            conn, settings, func=func, kind=kind, image=image, params=params, idempotency_key=idempotency_key
+        )
+    )
+    location = f"/jobs/{job.id}"
     response.headers["Location"] = location
     response.status_code = 202 if created else 200
-    return JobAccepted(id=job_id, status=status, location=location)
+    return JobAccepted(id=job.id, status=str(job.get_status(refresh=False).value), location=location)
 
 
 @router.post(
@@ -88,19 +105,16 @@ async def purify(
         data, _ = await read_image(file, settings)
     if method == "dip":
         params.update(preset=preset or "default", seed=seed or 0)
-    # Redis calls block: off the event loop, so a slow Redis (up to DFG_REDIS_TIMEOUT_S) stalls only this request.
-    job, created = await run_in_threadpool(
-        lambda: jobs.enqueue(
-            conn,
-            settings,
-            func=jobkeys.PURIFY_FUNC,
-            kind="purify",
-            image=data,
-            params=params,
-            idempotency_key=idempotency_key,
-        )
+    return await queue_job(
+        response,
+        conn,
+        settings,
+        func=jobkeys.PURIFY_FUNC,
+        kind="purify",
+        image=data,
+        params=params,
+        idempotency_key=idempotency_key,
     )
-    return accepted(job.id, str(job.get_status(refresh=False).value), response, created)
 
 
 @router.get(

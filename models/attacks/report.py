@@ -116,11 +116,6 @@ def attack_steps(method: str, params: dict[str, Any]) -> int:
     return 1
 
 
-def cw_work(params: dict[str, Any], h: int, w: int) -> float:
-    """Upper bound of CW-L2's work in pixel-iterations (search_steps * max_iterations * H * W)."""
-    return float(attack_steps("cw_l2", params)) * float(h) * float(w)
-
-
 def deliver(adv: Tensor, save_format: str) -> tuple[Tensor, list[bytes]]:
     """What the user receives: 8-bit PNG (lossless after rounding) or JPEG quality 75, decoded again."""
     if save_format not in SAVE_FORMATS:

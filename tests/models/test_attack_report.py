@@ -17,7 +17,6 @@ from models.attacks.report import (
     attack_and_measure,
     attack_steps,
     check_params,
-    cw_work,
     deliver,
     perturbation_picture,
     resolve_params,
@@ -238,8 +237,8 @@ def test_params_defaults_and_presets() -> None:
     assert resolve_params("fgsm", {}) == {"eps": 0.02}
     assert resolve_params("cw_l2", {"preset": "paper", "lr": 0.05}) == {**CW_PRESETS["paper"], "lr": 0.05}
     assert "generator" not in tunable_params("pgd") and "eps" in tunable_params("pgd")
-    assert cw_work({"preset": "paper"}, 368, 300) == 5 * 1000 * 368 * 300
-    assert cw_work({}, 10, 10) < cw_work({"preset": "paper"}, 10, 10)
+    assert attack_steps("cw_l2", {"preset": "paper"}) == 5 * 1000
+    assert attack_steps("cw_l2", {}) < attack_steps("cw_l2", {"preset": "paper"})
 
 
 def test_deliver_png_rounds_to_nearest_level() -> None:
