@@ -8,7 +8,7 @@ from redis import Redis
 from app.detection import DetectionService
 from app.errors import ServiceUnavailable
 from app.pixels import PixelGate
-from app.settings import Settings
+from core.settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:

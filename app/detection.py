@@ -10,9 +10,9 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from app.batching import MicroBatcher
 from app.errors import UnknownModel
 from models.checkpoint import LoadedCheckpoint
+from models.microbatch import MicroBatcher
 from models.zoo import Zoo
 
 

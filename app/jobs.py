@@ -1,6 +1,6 @@
 """The jobs service: enqueue, describe and cancel RQ jobs. Routes stay thin and call these.
 
-The API names job functions by dotted path (``app.jobkeys.PURIFY_FUNC``) and never imports ``workers``.
+The API names job functions by dotted path (``app.keys.PURIFY_FUNC``) and never imports ``workers``.
 Status words are RQ's own (STYLE rule 8).
 """
 
@@ -22,10 +22,10 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from app import jobkeys
 from app.errors import IdempotencyConflict, InvalidParameter, JobNotFound, JobNotReady, QueueFull
 from app.schemas import JobInfo, JobProgress
-from app.settings import Settings
+from core import keys
+from core.settings import Settings
 
 _ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 _last_sweep = 0.0
@@ -69,7 +69,7 @@ def _claim(conn: Redis, settings: Settings, name: str, claim: str, fingerprint: 
     find the claim and no job yet: it waits (``CLAIM_WAIT_S``) rather than making a second job. A claim whose
     job never appears (its request failed, or the job expired) is replaced only if unchanged meanwhile.
     """
-    key = jobkeys.idempotency_key(name)
+    key = keys.idempotency_key(name)
     deadline = time.monotonic() + CLAIM_WAIT_S
     while True:
         if conn.set(key, claim, nx=True, ex=settings.result_ttl_s):
@@ -124,7 +124,7 @@ def enqueue(
     queue = queue_for(conn, settings)
     if queue.count >= settings.max_queue_depth:
         if idempotency_key is not None:
-            conn.eval(_DELETE_IF_SAME, 1, jobkeys.idempotency_key(idempotency_key), claim)
+            conn.eval(_DELETE_IF_SAME, 1, keys.idempotency_key(idempotency_key), claim)
         raise QueueFull(
             f"{queue.count} jobs are queued (limit {settings.max_queue_depth}); retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
@@ -132,10 +132,10 @@ def enqueue(
     token = uuid.uuid4().hex
     # The input must outlive every attempt of the job, queued time included.
     input_ttl = settings.result_ttl_s + settings.job_timeout_s * (settings.job_retries + 1)
-    conn.set(jobkeys.input_key(token), image, ex=input_ttl)
+    conn.set(keys.input_key(token), image, ex=input_ttl)
     job = queue.enqueue(
         func,
-        kwargs={"input_key": jobkeys.input_key(token), "params": params},
+        kwargs={"input_key": keys.input_key(token), "params": params},
         job_id=job_id,
         job_timeout=settings.job_timeout_s,
         result_ttl=settings.result_ttl_s,
@@ -227,7 +227,7 @@ def result_png(conn: Redis, job: Job) -> bytes:
         raise JobNotReady(
             f"job {job.id} is {status.value if status else 'unknown'}; its image exists once it is finished"
         )
-    data = cast(bytes | None, conn.get(jobkeys.result_png_key(job.id)))
+    data = cast(bytes | None, conn.get(keys.result_png_key(job.id)))
     if data is None:
         raise JobNotFound(f"the result image of job {job.id} has expired")
     return bytes(data)
@@ -240,11 +240,11 @@ def cancel(conn: Redis, settings: Settings, job: Job) -> str:
         return str(status.value)
     if status == JobStatus.STARTED:
         # The DIP/CW loops poll this key; the worker then marks the job STOPPED (no retry).
-        conn.set(jobkeys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
+        conn.set(keys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
         with contextlib.suppress(InvalidJobOperation):  # between dequeue and start the stop key suffices
             send_stop_job_command(conn, job.id)
         return str(status.value)
     with contextlib.suppress(InvalidJobOperation):  # it ended in the meantime
         job.cancel()
-    conn.set(jobkeys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
+    conn.set(keys.stop_key(job.id), b"1", ex=settings.job_timeout_s + 60)
     return str((job.get_status(refresh=True) or JobStatus.CANCELED).value)

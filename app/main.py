@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from redis import Redis
@@ -13,11 +14,18 @@ from app.detection import DetectionService
 from app.errors import install_error_handlers
 from app.pixels import PixelGate
 from app.routes import attack, detect, health, jobs
-from app.settings import Settings, get_settings
-from deepfake_guard import __version__
+from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
 
 log = logging.getLogger("deepfake_guard.api")
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml); a source tree that was never installed says so."""
+    try:
+        return version("deepfake-guard")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def redis_client(settings: Settings) -> Redis | None:
@@ -57,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="deepfake-guard",
-        version=__version__,
+        version=package_version(),
         summary="Detect deepfake images, red-team the detectors, and purify adversarial inputs.",
         lifespan=lifespan,
     )

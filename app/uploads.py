@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app.errors import InvalidParameter
-from app.settings import Settings
+from core.settings import Settings
 from models.images import ImageError, ImageTooLarge, decode_image
 
 

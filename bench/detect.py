@@ -3,7 +3,7 @@
 Measures (torch alone; runs on CPU or CUDA):
   raw      images/s of the bare backbone at --batch (bf16 autocast on CUDA, fp32 on CPU)
   service  images/s when --concurrency clients each send single images through the same path
-           /detect uses (per-image resize+normalise, then app.batching.MicroBatcher)
+           /detect uses (per-image resize+normalise, then models.microbatch.MicroBatcher)
   latency  p50/p95 of one lone request through that path, against one batch-1 forward
 
 Targets (issue 6): service >= 70% of raw on GPU; on CPU lone-request p50 <= 1.5 x forward.
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchio import save_report
 
-from app.batching import MicroBatcher
 from models import registry
 from models.checkpoint import CheckpointMeta, LoadedCheckpoint
+from models.microbatch import MicroBatcher
 
 
 def sync(device: torch.device) -> None:

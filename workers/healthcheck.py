@@ -8,7 +8,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 
 def healthy() -> tuple[bool, str]:

@@ -19,10 +19,10 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from app import jobkeys
+from core import keys
 from models.images import decode_image, encode_png
 from models.progress import Progress, ProgressFn, StopFn
-from workers import batching, runtime
+from workers import context, dip_batches
 
 PROGRESS_EVERY_S = 0.5
 STOP_POLL_S = 0.5
@@ -35,7 +35,7 @@ def _current_job() -> Job:
     return job
 
 
-def _load_input(rt: runtime.Runtime, key: str) -> torch.Tensor:
+def _load_input(rt: context.WorkerContext, key: str) -> torch.Tensor:
     data = cast(bytes | None, rt.conn.get(key))
     if data is None:
         raise LookupError(f"the input image {key} has expired or was never stored")
@@ -84,9 +84,9 @@ def _reporter(job: Job) -> ProgressFn:
     return report
 
 
-def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:
+def _stop_check(rt: context.WorkerContext, job: Job) -> StopFn:
     last = 0.0
-    key = jobkeys.stop_key(job.id)
+    key = keys.stop_key(job.id)
 
     def should_stop() -> bool:
         nonlocal last
@@ -103,14 +103,14 @@ def _stop_check(rt: runtime.Runtime, job: Job) -> StopFn:
     return should_stop
 
 
-def _begin(rt: runtime.Runtime, job: Job, *, keep_progress: bool = False) -> None:
+def _begin(rt: context.WorkerContext, job: Job, *, keep_progress: bool = False) -> None:
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     if not keep_progress:  # a new attempt starts from zero
         job.meta.pop("progress", None)
     job.save_meta()
 
 
-def _scores(rt: runtime.Runtime, before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
+def _scores(rt: context.WorkerContext, before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for loaded in rt.zoo:
         det = loaded.detector
@@ -137,7 +137,7 @@ def _fit_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
     return F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def _finish(rt: runtime.Runtime, x: torch.Tensor, purified: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+def _finish(rt: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
     """Resize back to the upload's size, encode the PNG, and score before/after on every detector."""
     h, w = x.shape[-2:]
     purified = purified.float().cpu()
@@ -152,14 +152,14 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from models.purify import PURIFIERS
     from models.purify.engine import DipRuntime
 
-    rt, job = runtime.get(), _current_job()
+    rt, job = context.get(), _current_job()
     # A job in another job's batch shows that batch's progress (mirrored by its leader), final record included.
-    _begin(rt, job, keep_progress=batching.in_a_batch(rt, job.id))
+    _begin(rt, job, keep_progress=dip_batches.in_a_batch(rt, job.id))
     should_stop = _stop_check(rt, job)
-    published = batching.collect(rt, job, should_stop)
+    published = dip_batches.collect(rt, job, should_stop)
     if published is not None:  # another job's batch purified this one
         result, png = published
-        rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
+        rt.conn.set(keys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
         return result
 
     def prepare(key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,16 +169,17 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         return x, (_fit_side(x, rt.settings.purify_max_side) if params["method"] == "dip" else x)
 
     x, work = prepare(input_key)
-    followers = batching.claim(rt, job, params, tuple(work.shape), prepare)
+    followers = dip_batches.claim(rt, job, params, tuple(work.shape), prepare)
     kwargs = {k: v for k, v in params.items() if k != "method"}
     report = _reporter(job)
 
     def progress(p: Progress) -> None:
         report(p)
-        _best_effort("batch progress", lambda: batching.mirror_progress(followers, job.meta.get("progress", {})), None)
+        mirror = lambda: dip_batches.mirror_progress(followers, job.meta.get("progress", {}))  # noqa: E731
+        _best_effort("batch progress", mirror, None)
 
     def stop_and_refresh() -> bool:
-        _best_effort("batch claim refresh", lambda: batching.refresh(rt, job.id, followers), None)
+        _best_effort("batch claim refresh", lambda: dip_batches.refresh(rt, job.id, followers), None)
         return should_stop()
 
     how: dict[str, Any] = {}
@@ -197,12 +198,12 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
             **how,
         )
     except BaseException:
-        batching.release(rt, followers)
+        dip_batches.release(rt, followers)
         raise
     if params["method"] == "dip":  # an auto stop ends between two (throttled) reports: record where it ended
         cap = int(out.params.get("max_iterations", out.steps))
         _final_progress(job, iteration=out.steps, max_iterations=cap, stage=f"dip done ({out.stopped_by})")
-        batching.mirror_progress(followers, job.meta["progress"])
+        dip_batches.mirror_progress(followers, job.meta["progress"])
     common = {
         "method": params["method"],
         "params": kwargs,
@@ -214,11 +215,11 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     }
     for i, f in enumerate(followers, start=1):
         png_i, scores_i = _finish(rt, f.x, out.image[i])
-        batching.publish(
+        dip_batches.publish(
             rt, f.job.id, {**common, **scores_i, "iterations": int(out.iterations[i]), "batched_with": job.id}, png_i
         )
     png, scores = _finish(rt, x, out.image[0])
-    rt.conn.set(jobkeys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
+    rt.conn.set(keys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
     return {**common, **scores, "iterations": int(out.iterations[0]), "batched_with": None}
 
 
@@ -242,7 +243,7 @@ def _final_progress(job: Job, *, iteration: int, max_iterations: int, stage: str
 def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from models.attacks.report import attack_and_measure, attack_steps, perturbation_picture
 
-    rt, job = runtime.get(), _current_job()
+    rt, job = context.get(), _current_job()
     _begin(rt, job)
     x = _load_input(rt, input_key)
     p = dict(params)
@@ -265,7 +266,7 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     _final_progress(job, iteration=report.iterations, max_iterations=budget, stage=f"{method} done{early}")
     adv = report.adv.float().cpu()
     # The delivered image, losslessly: for jpeg75 these are the decoded JPEG pixels success was judged on.
-    rt.conn.set(jobkeys.result_png_key(job.id), encode_png(adv), ex=rt.settings.result_ttl_s)
+    rt.conn.set(keys.result_png_key(job.id), encode_png(adv), ex=rt.settings.result_ttl_s)
     metrics = report.metrics()
     metrics["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
     metrics["target"] = {"name": target.name, "sha256": target.sha256}

@@ -20,9 +20,9 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
-from app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
-from workers import runtime
+from workers import context
 
 log = logging.getLogger("deepfake_guard.worker")
 
@@ -72,7 +72,7 @@ def build_worker(settings: Settings, conn: Redis, zoo: Zoo) -> GuardWorker:
     queue = Queue(settings.queue_name, connection=conn)
     worker = GuardWorker([queue], connection=conn, maintenance_interval=max(10, settings.heartbeat_s * 2))
     worker.heartbeat_s = settings.heartbeat_s
-    runtime.init(runtime.Runtime(settings=settings, conn=conn, zoo=zoo, worker=worker))
+    context.init(context.WorkerContext(settings=settings, conn=conn, zoo=zoo, worker=worker))
     return worker
 
 

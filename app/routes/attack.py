@@ -10,15 +10,16 @@ from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from app import jobkeys, jobs
+from app import jobs
 from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, applicable_params, problem_responses
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import queue_job
 from app.schemas import JobAccepted
-from app.settings import Settings
 from app.uploads import form_fields, read_image
+from core import keys
+from core.settings import Settings
 from models.attacks import CW_LIMITS
 from models.attacks.report import attack_and_measure, attack_steps, check_params, perturbation_picture
 from models.images import encode_png
@@ -167,7 +168,7 @@ async def attack(
         del x
     job_params = {"method": method, "target": tgt.name, "source": src.name, "save_format": save_format, **params}
     body = await queue_job(
-        response, conn, settings, func=jobkeys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
+        response, conn, settings, func=keys.ATTACK_FUNC, kind="attack", image=data, params=job_params,
         idempotency_key=idempotency_key,
     )  # fmt: skip
     return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})

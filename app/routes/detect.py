@@ -9,8 +9,8 @@ from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
-from app.settings import Settings
 from app.uploads import form_fields, read_images
+from core.settings import Settings
 from models.detector import FAKE_INDEX
 
 router = APIRouter(tags=["detection"])

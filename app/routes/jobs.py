@@ -6,13 +6,14 @@ from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
-from app import jobkeys, jobs
+from app import jobs
 from app.deps import get_app_settings, get_pixel_gate, get_redis
 from app.errors import InvalidParameter, applicable_params, problem_responses
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import JobAccepted, JobCancelled, JobInfo
-from app.settings import Settings
 from app.uploads import form_fields, read_image
+from core import keys
+from core.settings import Settings
 
 router = APIRouter(tags=["jobs"])
 
@@ -109,7 +110,7 @@ async def purify(
         response,
         conn,
         settings,
-        func=jobkeys.PURIFY_FUNC,
+        func=keys.PURIFY_FUNC,
         kind="purify",
         image=data,
         params=params,

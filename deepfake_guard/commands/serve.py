@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.settings import get_settings
+    from core.settings import get_settings
     from deepfake_guard.embedded import EmbeddedRedis, WorkerSupervisor
 
     settings = get_settings()

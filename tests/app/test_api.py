@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests import imagefiles as files
 
 PROBLEM = "application/problem+json"
@@ -266,7 +266,8 @@ def test_concurrent_identical_requests_with_one_key_make_one_job(
 
     from rq import Queue
 
-    from app import jobkeys, jobs
+    from app import jobs
+    from core import keys
 
     slow_enqueue = Queue.enqueue
 
@@ -282,7 +283,7 @@ def test_concurrent_identical_requests_with_one_key_make_one_job(
     def submit() -> None:
         try:
             job, created = jobs.enqueue(
-                conn, settings, func=jobkeys.PURIFY_FUNC, kind="purify", image=png(), params={"method": "jpeg"},
+                conn, settings, func=keys.PURIFY_FUNC, kind="purify", image=png(), params={"method": "jpeg"},
                 idempotency_key="same-key",
             )  # fmt: skip
             outcomes.append((job.id, created))

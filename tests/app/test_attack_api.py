@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
 
-from app.settings import Settings
+from core.settings import Settings
 from tests import imagefiles as files
 from tests.app.test_api import assert_problem, make_client
 

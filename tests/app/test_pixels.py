@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from app.errors import ServiceUnavailable
 from app.pixels import PixelGate
-from app.settings import Settings
+from core.settings import Settings
 from tests import imagefiles as files
 from tests.app.test_api import assert_problem, make_client
 

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.errors import redis_problem_detail
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from deepfake_guard.embedded import EmbeddedRedis
 from tests import imagefiles as files
 from tests.conftest import free_port, redis_in_tmp

@@ -9,8 +9,9 @@ import torch
 from redis import Redis
 from rq.job import Job
 
-from app import jobkeys, jobs
-from app.settings import Settings
+from app import jobs
+from core import keys
+from core.settings import Settings
 from models.zoo import Zoo
 from tests import imagefiles as files
 from workers.worker import build_worker
@@ -20,7 +21,7 @@ def run_job(tmp: Path, redis_url: str, params: dict[str, Any], *, expire_input: 
     settings = Settings(checkpoints_dir=tmp, redis_url=redis_url, default_model="tiny-vgg", device="cpu", job_retries=2)  # type: ignore[arg-type]
     png = files.encode(files.gradient_rgb(48, 40), "PNG")
     with Redis.from_url(redis_url) as conn:
-        job, _ = jobs.enqueue(conn, settings, func=jobkeys.PURIFY_FUNC, kind="purify", image=png, params=params)
+        job, _ = jobs.enqueue(conn, settings, func=keys.PURIFY_FUNC, kind="purify", image=png, params=params)
         if expire_input:
             conn.delete(job.kwargs["input_key"])
         zoo = Zoo.from_directory(tmp, torch.device("cpu"))

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from redis import Redis
 
-from app.settings import Settings
+from core.settings import Settings
 from models.zoo import Zoo
 
 
@@ -16,23 +16,23 @@ class StopMarker(Protocol):
 
 
 @dataclass
-class Runtime:
+class WorkerContext:
     settings: Settings
     conn: Redis
     zoo: Zoo
     worker: StopMarker | None = None
 
 
-_runtime: Runtime | None = None
+_context: WorkerContext | None = None
 
 
-def init(runtime: Runtime) -> Runtime:
-    global _runtime
-    _runtime = runtime
-    return runtime
+def init(ctx: WorkerContext) -> WorkerContext:
+    global _context
+    _context = ctx
+    return ctx
 
 
-def get() -> Runtime:
-    if _runtime is None:
+def get() -> WorkerContext:
+    if _context is None:
         raise RuntimeError("worker runtime is not initialised: start jobs through `deepfake-guard worker`")
-    return _runtime
+    return _context

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.batching import MicroBatcher
 from models import checkpoint
+from models.microbatch import MicroBatcher
 
 
 def test_concurrent_requests_are_merged_and_answers_match_unbatched(tiny_checkpoints: Path) -> None:

@@ -21,9 +21,9 @@ import torch
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from app import jobkeys
+from core import keys
 from models.progress import Cancelled
-from workers import runtime
+from workers import context
 
 SCAN_QUEUED = 64
 WAIT_POLL_S = 0.5
@@ -42,12 +42,12 @@ def signature(params: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(params.get(k) for k in keys)
 
 
-def claim_ttl(rt: runtime.Runtime) -> int:
+def claim_ttl(rt: context.WorkerContext) -> int:
     return rt.settings.heartbeat_s * 3 + 2
 
 
 def claim(
-    rt: runtime.Runtime, leader: Job, params: dict[str, Any], shape: tuple[int, ...], prepare: Any
+    rt: context.WorkerContext, leader: Job, params: dict[str, Any], shape: tuple[int, ...], prepare: Any
 ) -> list[Follower]:
     """Claim queued DIP jobs compatible with ``leader``; ``prepare(input_key) -> (x, work)``."""
     limit = rt.settings.dip_batch_max - 1
@@ -58,7 +58,7 @@ def claim(
     for job_id, job in zip(queued, Job.fetch_many(queued, connection=rt.conn), strict=True):
         if len(followers) >= limit:
             break
-        if job is None or job_id == leader.id or job.func_name != jobkeys.PURIFY_FUNC:
+        if job is None or job_id == leader.id or job.func_name != keys.PURIFY_FUNC:
             continue
         if job.get_status(refresh=False) != JobStatus.QUEUED:
             continue
@@ -71,18 +71,18 @@ def claim(
             continue  # its own run will report the problem
         if tuple(work.shape) != tuple(shape):
             continue
-        if rt.conn.set(jobkeys.claim_key(job_id), leader.id, nx=True, ex=claim_ttl(rt)):
+        if rt.conn.set(keys.claim_key(job_id), leader.id, nx=True, ex=claim_ttl(rt)):
             job.meta["batched_with"] = leader.id
             job.save_meta()
             followers.append(Follower(job, x, work))
     return followers
 
 
-def refresh(rt: runtime.Runtime, leader_id: str, followers: list[Follower]) -> None:
+def refresh(rt: context.WorkerContext, leader_id: str, followers: list[Follower]) -> None:
     if followers:
         with rt.conn.pipeline() as pipe:
             for f in followers:
-                pipe.set(jobkeys.claim_key(f.job.id), leader_id, ex=claim_ttl(rt))
+                pipe.set(keys.claim_key(f.job.id), leader_id, ex=claim_ttl(rt))
             pipe.execute()
 
 
@@ -92,38 +92,38 @@ def mirror_progress(followers: list[Follower], progress: dict[str, Any]) -> None
         f.job.save_meta()
 
 
-def release(rt: runtime.Runtime, followers: list[Follower]) -> None:
+def release(rt: context.WorkerContext, followers: list[Follower]) -> None:
     """Give claimed jobs back (the leader stopped or failed): they will purify themselves."""
     if followers:
-        rt.conn.delete(*[jobkeys.claim_key(f.job.id) for f in followers])
+        rt.conn.delete(*[keys.claim_key(f.job.id) for f in followers])
 
 
-def publish(rt: runtime.Runtime, job_id: str, result: dict[str, Any], png: bytes) -> None:
+def publish(rt: context.WorkerContext, job_id: str, result: dict[str, Any], png: bytes) -> None:
     ttl = rt.settings.result_ttl_s
     with rt.conn.pipeline() as pipe:
-        pipe.set(jobkeys.batched_result_key(job_id, "json"), json.dumps(result), ex=ttl)
-        pipe.set(jobkeys.batched_result_key(job_id, "png"), png, ex=ttl)
-        pipe.delete(jobkeys.claim_key(job_id))
+        pipe.set(keys.batched_result_key(job_id, "json"), json.dumps(result), ex=ttl)
+        pipe.set(keys.batched_result_key(job_id, "png"), png, ex=ttl)
+        pipe.delete(keys.claim_key(job_id))
         pipe.execute()
 
 
-def in_a_batch(rt: runtime.Runtime, job_id: str) -> bool:
+def in_a_batch(rt: context.WorkerContext, job_id: str) -> bool:
     """Whether a leader has claimed this job or already published its output."""
-    return bool(rt.conn.exists(jobkeys.claim_key(job_id), jobkeys.batched_result_key(job_id, "json")))
+    return bool(rt.conn.exists(keys.claim_key(job_id), keys.batched_result_key(job_id, "json")))
 
 
-def collect(rt: runtime.Runtime, job: Job, should_stop: Any) -> tuple[dict[str, Any], bytes] | None:
+def collect(rt: context.WorkerContext, job: Job, should_stop: Any) -> tuple[dict[str, Any], bytes] | None:
     """For a job another worker claimed: its published output, waiting while that leader is alive.
 
     Returns None when the job was never claimed or its leader gave it up (it must purify itself).
     """
     while True:
-        raw_json = cast(bytes | None, rt.conn.get(jobkeys.batched_result_key(job.id, "json")))
-        raw_png = cast(bytes | None, rt.conn.get(jobkeys.batched_result_key(job.id, "png")))
+        raw_json = cast(bytes | None, rt.conn.get(keys.batched_result_key(job.id, "json")))
+        raw_png = cast(bytes | None, rt.conn.get(keys.batched_result_key(job.id, "png")))
         if raw_json is not None and raw_png is not None:
-            rt.conn.delete(jobkeys.batched_result_key(job.id, "json"), jobkeys.batched_result_key(job.id, "png"))
+            rt.conn.delete(keys.batched_result_key(job.id, "json"), keys.batched_result_key(job.id, "png"))
             return dict(json.loads(raw_json)), bytes(raw_png)
-        if not rt.conn.exists(jobkeys.claim_key(job.id)):
+        if not rt.conn.exists(keys.claim_key(job.id)):
             return None
         if should_stop():
             raise Cancelled(0)
