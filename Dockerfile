@@ -5,8 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DFG_HOST=0.0.0.0 \
-    DFG_CHECKPOINTS_DIR=/srv/checkpoints
+    DFG_HOST=0.0.0.0
 
 WORKDIR /srv
 
@@ -22,12 +21,11 @@ RUN mkdir -p app workers models deepfake_guard \
     && pip uninstall -y deepfake-guard \
     && rm -rf app workers models deepfake_guard build ./*.egg-info
 
-# Layer 3: the code and the demo detectors.
+# Layer 3: the code and the demo detectors (models/demo_checkpoints, package data).
 COPY app ./app
 COPY workers ./workers
 COPY models ./models
 COPY deepfake_guard ./deepfake_guard
-COPY checkpoints ./checkpoints
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin guard
 

@@ -1,7 +1,7 @@
 """The jobs service: enqueue, describe and cancel RQ jobs. Routes stay thin and call these.
 
 The API names job functions by dotted path (``app.keys.PURIFY_FUNC``) and never imports ``workers``.
-Status words are RQ's own (STYLE rule 8).
+Status words are RQ's own (docs/CONTRIBUTING.md, convention 8).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from redis import Redis
 from app.detection import DetectionService
 from app.errors import install_error_handlers
 from app.pixels import PixelGate
-from app.routes import attack, detect, health, jobs
+from app.routes import attack, detect, health, jobs, purify
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
 
@@ -74,6 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.pixels_in_flight, wait_s=settings.pixels_wait_s, retry_after_s=settings.retry_after_s
     )
     install_error_handlers(app)
-    for module in (health, detect, attack, jobs):
-        app.include_router(module.router)
+    for router in (health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router):
+        app.include_router(router)
     return app

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchio import save_report
 
 from models import checkpoint, registry
-from models.attacks import cw_l2, fgsm, pgd
+from models.attacks import CW_L2, FGSM, PGD, cw_l2, fgsm, pgd
 
 try:
     import torchattacks
@@ -47,9 +47,9 @@ def _sync(device: torch.device) -> None:
 
 
 def ours(name: str, cw_iters: int) -> Attack:
-    if name == "fgsm":
+    if name == FGSM.name:
         return lambda m, x, y: fgsm(m, x, y, eps=EPS)
-    if name == "pgd":
+    if name == PGD.name:
         return lambda m, x, y: pgd(m, x, y, eps=EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE)
     budget: dict[str, Any] = dict(
         kappa=0.0, c_init=1.0, search_steps=1, max_iterations=cw_iters, lr=0.01, abort_early=False
@@ -78,9 +78,9 @@ def success_rate(model: nn.Module, adv: Tensor, y: Tensor) -> float:
 def theirs(name: str, model: nn.Module, cw_iters: int) -> Attack | None:
     if torchattacks is None:
         return None
-    if name == "fgsm":
+    if name == FGSM.name:
         attack = torchattacks.FGSM(model, eps=EPS)
-    elif name == "pgd":
+    elif name == PGD.name:
         attack = torchattacks.PGD(model, eps=EPS, alpha=PGD_STEP_SIZE, steps=PGD_STEPS, random_start=True)
     else:
         attack = torchattacks.CW(model, c=1.0, kappa=0, steps=cw_iters, lr=0.01)
@@ -121,7 +121,7 @@ def detectors(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Mo
 def bench_attack(
     name: str, label: str, model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Any]:
-    repeats = 1 if name == "cw_l2" else args.repeats
+    repeats = 1 if name == CW_L2.name else args.repeats
     loop_n = min(args.loop_images, len(x))
     attack = ours(name, args.cw_iters)
     attack(model, x[:2], y[:2])  # warm-up (allocations, cuDNN autotune, lazy imports)
@@ -134,8 +134,8 @@ def bench_attack(
     batched = seconds(lambda: attack(model, x, y), device, repeats, keep=ours_adv)
     row: dict[str, Any] = {
         "model": label,
-        "attack": name if name != "pgd" else f"pgd-{PGD_STEPS}",
-        "iterations": {"fgsm": 1, "pgd": PGD_STEPS, "cw_l2": args.cw_iters}[name],
+        "attack": name if name != PGD.name else f"{PGD.name}-{PGD_STEPS}",
+        "iterations": {FGSM.name: 1, PGD.name: PGD_STEPS, CW_L2.name: args.cw_iters}[name],
         "batch": len(x),
         "ours_batched_img_s": len(x) / batched,
         "ours_loop_img_s": loop_n / seconds(one_by_one, device, repeats),
@@ -143,7 +143,7 @@ def bench_attack(
         "ours_over_torchattacks": None,
     }
     row["batched_over_loop"] = row["ours_batched_img_s"] / row["ours_loop_img_s"]
-    if name == "cw_l2":
+    if name == CW_L2.name:
         row["ours_success"] = success_rate(model, ours_adv[0], y)
     counted = Counted(model)
     peer = theirs(name, counted, args.cw_iters)
@@ -153,7 +153,7 @@ def bench_attack(
         peer_adv: list[Tensor] = []
         row["torchattacks_img_s"] = len(x) / seconds(lambda: peer(counted, x, y), device, repeats, keep=peer_adv)
         row["ours_over_torchattacks"] = row["ours_batched_img_s"] / row["torchattacks_img_s"]
-        if name == "cw_l2":
+        if name == CW_L2.name:
             row["torchattacks_iterations"] = counted.calls // repeats
             row["torchattacks_success"] = success_rate(model, peer_adv[0], y)
             per_it = row["ours_batched_img_s"] * args.cw_iters
@@ -170,7 +170,7 @@ def bench_model(
     x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    for name in ("fgsm", "pgd", "cw_l2"):
+    for name in (FGSM.name, PGD.name, CW_L2.name):
         row = bench_attack(name, label, model, x, y, args, device)
         print(_format(row), flush=True)
         yield row
@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cw-iters", type=int, default=None, help="CW iterations (default 100 CPU, 1000 CUDA)")
     parser.add_argument("--loop-images", type=int, default=None, help="images in the batch-1 loop (default 4 / 16)")
     parser.add_argument("--repeats", type=int, default=3, help="FGSM/PGD timings keep the best of this many")
-    parser.add_argument("--checkpoints", default="checkpoints", help="folder holding the demo detectors")
+    parser.add_argument(
+        "--checkpoints", default=str(checkpoint.DEMO_CHECKPOINTS), help="folder holding the demo detectors"
+    )
     parser.add_argument(
         "--arch", nargs="+", default=None, help="time these registry architectures instead (e.g. resnet50 vgg16)"
     )
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(eps=EPS, pgd_steps=PGD_STEPS, pgd_step_size=PGD_STEP_SIZE)
     rows: list[dict[str, Any]] = []
-    report = {**info, "config": config, "rows": rows}
+    # summary.py finds the CW rows by this name (it reads JSON and imports nothing of the project).
+    report = {**info, "config": config, "cw_attack": CW_L2.name, "rows": rows}
     for label, model in detectors(args, device).items():
         for row in bench_model(label, model, args, device):
             rows.append(row)

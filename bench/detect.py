@@ -6,7 +6,7 @@ Measures (torch alone; runs on CPU or CUDA):
            /detect uses (per-image resize+normalise, then models.microbatch.MicroBatcher)
   latency  p50/p95 of one lone request through that path, against one batch-1 forward
 
-Targets (issue 6): service >= 70% of raw on GPU; on CPU lone-request p50 <= 1.5 x forward.
+Targets (docs/PERFORMANCE.md): service >= 70% of raw on GPU; on CPU lone-request p50 <= 1.5 x forward.
 Usage: python bench/detect.py [--device cuda] [--arch resnet50 --size 224] [--json out.json]
 """
 

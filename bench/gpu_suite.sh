@@ -6,7 +6,7 @@
 # limit keeps what it measured (the summary marks it "partial").
 # Usage: bash bench/gpu_suite.sh [OUT_DIR]      (OUT_DIR defaults to runs/gpu-suite)
 #        SUITE_SMOKE=1 bash bench/gpu_suite.sh OUT  the same steps on CPU at toy sizes (SUITE_DATA: the test split)
-# The demo detectors come from checkpoints/; data/demo/test is needed only for the restoration step
+# The demo detectors come from models/demo_checkpoints/; data/demo/test is needed only for the restoration step
 # (make it with `deepfake-guard make-demo-data data/demo`, or carry it to the GPU machine). Wheels in .whl/
 # (e.g. torchattacks for the peer column: `pip download --no-deps -d .whl torchattacks==3.5.1`) are installed
 # into a scratch folder first, so a machine with torch alone and no network can run the whole suite.

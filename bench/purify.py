@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchio import save_report
 
 from models.images import psnr
-from models.purify import PRESETS, PURIFIERS, dip_purify
+from models.purify import PRESETS, PURIFIERS, PURIFIERS_REGISTRY, dip_purify
 from models.purify.engine import DipRuntime
 
 # Most telling first: a run cut off by its time limit loses the last (the JSON is rewritten after every row).
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"!!! {r['config']}: CUDA graph capture failed, ran eagerly: {r['runtime']}")
     if not args.latency_only:
         x1 = torch.rand(1, 3, size, size, generator=gen)
-        cheap += [time_cheap(c, x1, repeats=5) for c in ("jpeg", "median", "bitdepth")]
+        cheap += [time_cheap(c, x1, repeats=5) for c in (s.name for s in PURIFIERS_REGISTRY if not s.iterative)]
         print("cheap purifiers, s/image: " + ", ".join(f"{c['method']} {c['seconds_per_image']:.4f}" for c in cheap))
     save_report(args.json, report, complete=True)
     if args.json is not None:

@@ -33,8 +33,11 @@ from benchio import save_report
 from models import checkpoint
 from models.detector import FAKE_INDEX, REAL_INDEX, Detector
 from models.images import load_image_file, quantize_8bit
-from models.purify import PRESETS, PURIFIERS, dip_purify
+from models.purify import PRESETS, PURIFIERS, PURIFIERS_REGISTRY, dip_purify
 from models.purify.engine import DipRuntime
+
+#: The one-shot purifiers (every registered one that is not iterative).
+CHEAP = [s.name for s in PURIFIERS_REGISTRY if not s.iterative]
 
 
 def load_folder(folder: Path, n: int) -> tuple[Tensor, list[str]]:
@@ -73,7 +76,7 @@ def fractions(model: Detector, purified: Tensor, n_fooled: int) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/demo/test"))
-    parser.add_argument("--checkpoint", default="checkpoints/demo-resnet18")
+    parser.add_argument("--checkpoint", default=str(checkpoint.DEMO_CHECKPOINTS / "demo-resnet18"))
     parser.add_argument("--n", type=int, default=10, help="images per class (fakes attacked, reals checked)")
     parser.add_argument("--eps", type=float, default=0.02)
     parser.add_argument(
@@ -88,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=["paper", "default", "jpeg", "median", "bitdepth"],
-        choices=["paper", "default", "early", "paper-bf16", "default-bf16", "early-bf16", "jpeg", "median", "bitdepth"],
+        default=["paper", "default", *CHEAP],
+        choices=[*PRESETS, *(f"{p}-bf16" for p in PRESETS), *CHEAP],
         help="DIP presets (a -bf16 suffix runs the network in bf16, models.purify.engine) and cheap purifiers",
     )
     parser.add_argument("--curve", type=int, default=500, help="evaluate the paper run every this many steps (0: off)")

@@ -95,7 +95,7 @@ def attack_rows(attacks: dict[str, Any] | None) -> list[Row]:
         return [row("CW-L2 at 224 px: >= 20x loop, faster than torchattacks", "not measured", None, "attacks-224.json")]
     rows = []
     for r in attacks["rows"]:
-        if r["attack"] != "cw_l2":
+        if r["attack"] != attacks.get("cw_attack"):
             continue
         rows.append(
             row(

@@ -30,6 +30,6 @@ def claim_key(job_id: str) -> str:
     return f"{PREFIX}:claim:{job_id}"
 
 
-def batched_result_key(job_id: str, part: str) -> str:
-    """Output a batch leader left for a claimed job: part is "json" or "png"."""
-    return f"{PREFIX}:batched:{job_id}:{part}"
+def batched_result_key(job_id: str) -> str:
+    """The result JSON a batch leader left for a claimed job (its image is under ``result_png_key``)."""
+    return f"{PREFIX}:batched:{job_id}:json"

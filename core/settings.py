@@ -1,6 +1,6 @@
 """All configuration, read once from the environment (prefix ``DFG_``) through ``get_settings``.
 
-Nothing else in the project reads the environment (STYLE rule 5). Bad values fail at start-up.
+Nothing else in the project reads the environment (docs/CONTRIBUTING.md, convention 5). Bad values fail at start-up.
 """
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.checkpoint import DEMO_CHECKPOINTS
+from models.devices import DEVICE_PATTERN
 
 
 class Settings(BaseSettings):
@@ -35,11 +38,20 @@ class Settings(BaseSettings):
         Path("var/redis"), description="Where the bundled Redis keeps its socket and dump (embedded mode only)."
     )
     embedded_workers: int = Field(1, ge=0, le=16, description="Workers `serve` starts in embedded mode.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Compute device: auto picks CUDA when present.")
+    device: str = Field(
+        "auto",
+        pattern=f"^(?:{DEVICE_PATTERN.pattern})$",
+        description="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     # --- detectors ---
-    checkpoints_dir: Path = Field(Path("checkpoints"), description="Folder of *.safetensors + *.json detectors.")
+    checkpoints_dir: Path = Field(
+        None,  # type: ignore[assignment]  # unset: read as DEMO_CHECKPOINTS by _demo_checkpoints below
+        validate_default=True,
+        description="Folder of *.safetensors + *.json detectors. Unset: the two demo detectors shipped inside the "
+        "package, so an installed `deepfake-guard serve` works from any folder.",
+    )
     default_model: str = Field("demo-resnet18", description="Detector used when a request names none.")
     detect_max_batch: int = Field(
         64, ge=1, le=1024, description="Largest batch /detect merges concurrent requests into."
@@ -120,6 +132,11 @@ class Settings(BaseSettings):
         "request, holding the compute lock /detect shares. Steps count at 512 x 512 pixels, a larger image counts "
         "as proportionally more (FGSM on a 40 Mpx image: ~150 steps).",
     )
+
+    @field_validator("checkpoints_dir", mode="before")
+    @classmethod
+    def _demo_checkpoints(cls, value: object) -> object:
+        return DEMO_CHECKPOINTS if value is None else value
 
     @model_validator(mode="after")
     def _check_redis_url(self) -> Settings:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deepfake_guard.commands.train", "train a detector on an ImageFolder and write a checkpoint"),
     "attack": ("deepfake_guard.commands.attack", "attack a detector on an image or a folder of images"),
     "purify": ("deepfake_guard.commands.purify", "purify an image locally (no server needed)"),
+    "methods": ("deepfake_guard.commands.methods_list", "list the attacks and purifiers with their parameters"),
     "evaluate": (
         "deepfake_guard.commands.evaluate",
         "regenerate the paper's tables: clean, attacks, Lipschitz detectors, DIP",

@@ -20,6 +20,9 @@ from models.detector import CLASS_NAMES, Detector, SigmoidAdapter
 
 FORMAT_VERSION = 1
 
+#: The demo detectors that ship inside the package (served when DFG_CHECKPOINTS_DIR is unset): docs/DATA.md.
+DEMO_CHECKPOINTS = Path(__file__).resolve().parent / "demo_checkpoints"
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, malformed or does not fit the architecture it names."""

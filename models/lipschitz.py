@@ -1,4 +1,4 @@
-"""Lipschitz regularisation of detectors (Gandhi & Jain, section "Lipschitz regularisation"; PAPER.md).
+"""Lipschitz regularisation of detectors (Gandhi & Jain, section "Lipschitz regularisation"; docs/PAPER.md).
 
 The defence penalises the detector's input gradient during training:
 ``loss = CE + lambda * mean_{k, n, pixels} (dZ_k / dx)^2``, over both logits ``k``, the batch and every pixel of

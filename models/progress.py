@@ -1,7 +1,7 @@
 """Progress reporting and cooperative cancellation for long loops (CW-L2, DIP).
 
 Workers turn ``Progress`` into RQ job meta and ``should_stop`` into cancellation;
-this module knows nothing about RQ (STYLE rule 4).
+this module knows nothing about RQ (docs/CONTRIBUTING.md, convention 4).
 """
 
 from __future__ import annotations

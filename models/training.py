@@ -4,7 +4,7 @@ Metrics follow the paper's tables: accuracy, AUROC (fake is the positive class, 
 per-class precision/recall. AUROC is computed here in torch (rank statistic with tied ranks averaged),
 so ``models`` needs no scikit-learn.
 
-Model selection uses the validation split only (the paper selected on its test set; see PAPER.md,
+Model selection uses the validation split only (the paper selected on its test set; see docs/PAPER.md,
 "What the authors left open"); the caller evaluates the test split once, on the chosen weights.
 """
 

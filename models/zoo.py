@@ -9,17 +9,9 @@ import torch
 
 from models import checkpoint
 from models.checkpoint import LoadedCheckpoint
+from models.devices import resolve_device
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error, not a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
+__all__ = ["Zoo", "resolve_device"]
 
 
 class Zoo:

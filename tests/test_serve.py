@@ -12,14 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from models.checkpoint import DEMO_CHECKPOINTS
 from tests import imagefiles as files
-from tests.conftest import ROOT, Processes, free_port, service_env, wait_for
+from tests.conftest import Processes, free_port, service_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_serve_embedded_default_detects_and_runs_jobs(processes: Processes) -> None:
-    checkpoints = ROOT / "checkpoints"
+    checkpoints = DEMO_CHECKPOINTS
     assert sorted(p.stem for p in checkpoints.glob("*.safetensors")) == ["demo-resnet18", "demo-vgg16"]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="dfg-serve-", dir="/tmp") as redis_dir:

@@ -1,4 +1,4 @@
-"""Batched DIP across queued jobs (issue 6): one network per image, many images per launch.
+"""Batched DIP across queued jobs: one network per image, many images per launch (docs/PERFORMANCE.md).
 
 A DIP job that starts (the *leader*) looks at the queue for DIP jobs with the same settings and
 working size, claims up to ``dip_batch_max - 1`` of them with a Redis key that expires unless the
@@ -22,7 +22,9 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from core import keys
+from core.jobs import PurifyJob
 from models.progress import Cancelled
+from models.purify.registry import PurifierSpec
 from workers import context
 
 SCAN_QUEUED = 64
@@ -36,53 +38,57 @@ class Follower:
     work: torch.Tensor  # what DIP sees (fitted to purify_max_side)
 
 
-def signature(params: dict[str, Any]) -> tuple[Any, ...]:
-    """Jobs batch together when every DIP setting matches (the seed included: it fixes the network)."""
-    keys = ("method", "preset", "max_iterations", "stop", "seed")
-    return tuple(params.get(k) for k in keys)
-
-
-def claim_ttl(rt: context.WorkerContext) -> int:
-    return rt.settings.heartbeat_s * 3 + 2
+def claim_ttl(ctx: context.WorkerContext) -> int:
+    return ctx.settings.heartbeat_s * 3 + 2
 
 
 def claim(
-    rt: context.WorkerContext, leader: Job, params: dict[str, Any], shape: tuple[int, ...], prepare: Any
+    ctx: context.WorkerContext,
+    leader: Job,
+    job: PurifyJob,
+    spec: PurifierSpec,
+    shape: tuple[int, ...],
+    prepare: Any,
 ) -> list[Follower]:
-    """Claim queued DIP jobs compatible with ``leader``; ``prepare(input_key) -> (x, work)``."""
-    limit = rt.settings.dip_batch_max - 1
-    if limit <= 0 or params.get("method") != "dip":
+    """Claim queued jobs compatible with ``leader`` (same ``PurifyJob.batch_signature``, same working size);
+    ``prepare(input_key) -> (x, work)``."""
+    limit = ctx.settings.dip_batch_max - 1
+    if limit <= 0 or not spec.batchable:
         return []
-    queued = Queue(leader.origin, connection=rt.conn).get_job_ids(0, SCAN_QUEUED)
+    signature = job.batch_signature()
+    queued = Queue(leader.origin, connection=ctx.conn).get_job_ids(0, SCAN_QUEUED)
     followers: list[Follower] = []
-    for job_id, job in zip(queued, Job.fetch_many(queued, connection=rt.conn), strict=True):
+    for job_id, queued_job in zip(queued, Job.fetch_many(queued, connection=ctx.conn), strict=True):
         if len(followers) >= limit:
             break
-        if job is None or job_id == leader.id or job.func_name != keys.PURIFY_FUNC:
+        if queued_job is None or job_id == leader.id or queued_job.func_name != PurifyJob.FUNC:
             continue
-        if job.get_status(refresh=False) != JobStatus.QUEUED:
-            continue
-        their = cast(dict[str, Any], job.kwargs.get("params", {}))
-        if signature(their) != signature(params):
+        if queued_job.get_status(refresh=False) != JobStatus.QUEUED:
             continue
         try:
-            x, work = prepare(job.kwargs["input_key"])
+            their = PurifyJob.from_json(cast(dict[str, Any], queued_job.kwargs.get("params", {})))
+        except (KeyError, TypeError):
+            continue  # not a purify job of this version: its own run will report the problem
+        if their.batch_signature() != signature:
+            continue
+        try:
+            x, work = prepare(queued_job.kwargs["input_key"])
         except (LookupError, ValueError):
             continue  # its own run will report the problem
         if tuple(work.shape) != tuple(shape):
             continue
-        if rt.conn.set(keys.claim_key(job_id), leader.id, nx=True, ex=claim_ttl(rt)):
-            job.meta["batched_with"] = leader.id
-            job.save_meta()
-            followers.append(Follower(job, x, work))
+        if ctx.conn.set(keys.claim_key(job_id), leader.id, nx=True, ex=claim_ttl(ctx)):
+            queued_job.meta["batched_with"] = leader.id
+            queued_job.save_meta()
+            followers.append(Follower(queued_job, x, work))
     return followers
 
 
-def refresh(rt: context.WorkerContext, leader_id: str, followers: list[Follower]) -> None:
+def refresh(ctx: context.WorkerContext, leader_id: str, followers: list[Follower]) -> None:
     if followers:
-        with rt.conn.pipeline() as pipe:
+        with ctx.conn.pipeline() as pipe:
             for f in followers:
-                pipe.set(keys.claim_key(f.job.id), leader_id, ex=claim_ttl(rt))
+                pipe.set(keys.claim_key(f.job.id), leader_id, ex=claim_ttl(ctx))
             pipe.execute()
 
 
@@ -92,38 +98,39 @@ def mirror_progress(followers: list[Follower], progress: dict[str, Any]) -> None
         f.job.save_meta()
 
 
-def release(rt: context.WorkerContext, followers: list[Follower]) -> None:
+def release(ctx: context.WorkerContext, followers: list[Follower]) -> None:
     """Give claimed jobs back (the leader stopped or failed): they will purify themselves."""
     if followers:
-        rt.conn.delete(*[keys.claim_key(f.job.id) for f in followers])
+        ctx.conn.delete(*[keys.claim_key(f.job.id) for f in followers])
 
 
-def publish(rt: context.WorkerContext, job_id: str, result: dict[str, Any], png: bytes) -> None:
-    ttl = rt.settings.result_ttl_s
-    with rt.conn.pipeline() as pipe:
-        pipe.set(keys.batched_result_key(job_id, "json"), json.dumps(result), ex=ttl)
-        pipe.set(keys.batched_result_key(job_id, "png"), png, ex=ttl)
+def publish(ctx: context.WorkerContext, job_id: str, result: dict[str, Any], png: bytes) -> None:
+    """A claimed job's output: its image where its result is served from (stored once), its result JSON for the
+    job's own run to return."""
+    ttl = ctx.settings.result_ttl_s
+    with ctx.conn.pipeline() as pipe:
+        pipe.set(keys.result_png_key(job_id), png, ex=ttl)
+        pipe.set(keys.batched_result_key(job_id), json.dumps(result), ex=ttl)
         pipe.delete(keys.claim_key(job_id))
         pipe.execute()
 
 
-def in_a_batch(rt: context.WorkerContext, job_id: str) -> bool:
+def in_a_batch(ctx: context.WorkerContext, job_id: str) -> bool:
     """Whether a leader has claimed this job or already published its output."""
-    return bool(rt.conn.exists(keys.claim_key(job_id), keys.batched_result_key(job_id, "json")))
+    return bool(ctx.conn.exists(keys.claim_key(job_id), keys.batched_result_key(job_id)))
 
 
-def collect(rt: context.WorkerContext, job: Job, should_stop: Any) -> tuple[dict[str, Any], bytes] | None:
-    """For a job another worker claimed: its published output, waiting while that leader is alive.
+def collect(ctx: context.WorkerContext, job: Job, should_stop: Any) -> dict[str, Any] | None:
+    """For a job another worker claimed: its published result (its image is already stored), waiting while that
+    leader is alive.
 
     Returns None when the job was never claimed or its leader gave it up (it must purify itself).
     """
     while True:
-        raw_json = cast(bytes | None, rt.conn.get(keys.batched_result_key(job.id, "json")))
-        raw_png = cast(bytes | None, rt.conn.get(keys.batched_result_key(job.id, "png")))
-        if raw_json is not None and raw_png is not None:
-            rt.conn.delete(keys.batched_result_key(job.id, "json"), keys.batched_result_key(job.id, "png"))
-            return dict(json.loads(raw_json)), bytes(raw_png)
-        if not rt.conn.exists(keys.claim_key(job.id)):
+        raw_json = cast(bytes | None, ctx.conn.getdel(keys.batched_result_key(job.id)))
+        if raw_json is not None:
+            return dict(json.loads(raw_json))
+        if not ctx.conn.exists(keys.claim_key(job.id)):
             return None
         if should_stop():
             raise Cancelled(0)

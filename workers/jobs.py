@@ -7,7 +7,6 @@ returns a JSON-able dict.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +19,10 @@ from rq import get_current_job
 from rq.job import Job
 
 from core import keys
+from core.jobs import AttackJob, PurifyJob
 from models.images import decode_image, encode_png
 from models.progress import Progress, ProgressFn, StopFn
+from models.purify.registry import PurifierSpec
 from workers import context, dip_batches
 
 PROGRESS_EVERY_S = 0.5
@@ -35,11 +36,11 @@ def _current_job() -> Job:
     return job
 
 
-def _load_input(rt: context.WorkerContext, key: str) -> torch.Tensor:
-    data = cast(bytes | None, rt.conn.get(key))
+def _load_input(ctx: context.WorkerContext, key: str) -> torch.Tensor:
+    data = cast(bytes | None, ctx.conn.get(key))
     if data is None:
         raise LookupError(f"the input image {key} has expired or was never stored")
-    return decode_image(bytes(data), max_bytes=len(data) or 1, max_pixels=rt.settings.max_pixels)
+    return decode_image(bytes(data), max_bytes=len(data) or 1, max_pixels=ctx.settings.max_pixels)
 
 
 log = logging.getLogger("deepfake_guard.jobs")
@@ -84,7 +85,7 @@ def _reporter(job: Job) -> ProgressFn:
     return report
 
 
-def _stop_check(rt: context.WorkerContext, job: Job) -> StopFn:
+def _stop_check(ctx: context.WorkerContext, job: Job) -> StopFn:
     last = 0.0
     key = keys.stop_key(job.id)
 
@@ -94,29 +95,29 @@ def _stop_check(rt: context.WorkerContext, job: Job) -> StopFn:
         if now - last < STOP_POLL_S:
             return False
         last = now
-        if _best_effort("stop check", lambda: bool(rt.conn.exists(key)), False):
-            if rt.worker is not None:
-                rt.worker.mark_stopped(job.id)
+        if _best_effort("stop check", lambda: bool(ctx.conn.exists(key)), False):
+            if ctx.worker is not None:
+                ctx.worker.mark_stopped(job.id)
             return True
         return False
 
     return should_stop
 
 
-def _begin(rt: context.WorkerContext, job: Job, *, keep_progress: bool = False) -> None:
+def _begin(ctx: context.WorkerContext, job: Job, *, keep_progress: bool = False) -> None:
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     if not keep_progress:  # a new attempt starts from zero
         job.meta.pop("progress", None)
     job.save_meta()
 
 
-def _scores(rt: context.WorkerContext, before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
+def _scores(ctx: context.WorkerContext, before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for loaded in rt.zoo:
+    for loaded in ctx.zoo:
         det = loaded.detector
         pb, pa = (
-            det.p_fake(before.unsqueeze(0).to(rt.zoo.device)).item(),
-            det.p_fake(after.unsqueeze(0).to(rt.zoo.device)).item(),
+            det.p_fake(before.unsqueeze(0).to(ctx.zoo.device)).item(),
+            det.p_fake(after.unsqueeze(0).to(ctx.zoo.device)).item(),
         )
         out[loaded.name] = {
             "sha256": loaded.sha256,
@@ -137,7 +138,7 @@ def _fit_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
     return F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def _finish(rt: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+def _finish(ctx: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
     """Resize back to the upload's size, encode the PNG, and score before/after on every detector."""
     h, w = x.shape[-2:]
     purified = purified.float().cpu()
@@ -145,32 +146,25 @@ def _finish(rt: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor) 
         purified = F.interpolate(purified[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
     png = encode_png(purified)
     delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)
-    return png, {"width": w, "height": h, "detectors": _scores(rt, x, delivered)}
+    return png, {"width": w, "height": h, "detectors": _scores(ctx, x, delivered)}
 
 
-def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
-    from models.purify import PURIFIERS
+def _runtime_options(ctx: context.WorkerContext, spec: PurifierSpec) -> dict[str, Any]:
+    """The worker's DIP engine settings, for a purifier that takes them (``runtime=``)."""
+    if not spec.takes("runtime"):
+        return {}
     from models.purify.engine import DipRuntime
 
-    rt, job = context.get(), _current_job()
-    # A job in another job's batch shows that batch's progress (mirrored by its leader), final record included.
-    _begin(rt, job, keep_progress=dip_batches.in_a_batch(rt, job.id))
-    should_stop = _stop_check(rt, job)
-    published = dip_batches.collect(rt, job, should_stop)
-    if published is not None:  # another job's batch purified this one
-        result, png = published
-        rt.conn.set(keys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
-        return result
+    s = ctx.settings
+    return {"runtime": DipRuntime(precision=s.dip_precision, channels_last=s.dip_channels_last,
+                                  cuda_graphs=s.dip_cuda_graphs)}  # fmt: skip
 
-    def prepare(key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _load_input(rt, key)
-        # DIP cost grows with pixels; like the paper (512 x 512) it works at a bounded size and the
-        # result is resized back to the upload's resolution.
-        return x, (_fit_side(x, rt.settings.purify_max_side) if params["method"] == "dip" else x)
 
-    x, work = prepare(input_key)
-    followers = dip_batches.claim(rt, job, params, tuple(work.shape), prepare)
-    kwargs = {k: v for k, v in params.items() if k != "method"}
+def _batch_hooks(
+    ctx: context.WorkerContext, job: Job, followers: list[dip_batches.Follower], should_stop: StopFn
+) -> tuple[ProgressFn, StopFn]:
+    """Progress and stop hooks of a batch leader: its progress is mirrored to the jobs it claimed, and each stop
+    check also refreshes their claims (so they stay claimed while it lives)."""
     report = _reporter(job)
 
     def progress(p: Progress) -> None:
@@ -179,33 +173,51 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         _best_effort("batch progress", mirror, None)
 
     def stop_and_refresh() -> bool:
-        _best_effort("batch claim refresh", lambda: dip_batches.refresh(rt, job.id, followers), None)
+        _best_effort("batch claim refresh", lambda: dip_batches.refresh(ctx, job.id, followers), None)
         return should_stop()
 
-    how: dict[str, Any] = {}
-    if params["method"] == "dip":
-        s = rt.settings
-        how["runtime"] = DipRuntime(
-            precision=s.dip_precision, channels_last=s.dip_channels_last, cuda_graphs=s.dip_cuda_graphs
-        )
+    return progress, stop_and_refresh
+
+
+def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Purify the job's image, and those of compatible queued jobs it claims (``workers.dip_batches``)."""
+    from models import purify as purifiers
+
+    ctx, job = context.get(), _current_job()
+    # A job in another job's batch shows that batch's progress (mirrored by its leader), final record included.
+    _begin(ctx, job, keep_progress=dip_batches.in_a_batch(ctx, job.id))
+    spec_job = PurifyJob.from_json(params)
+    spec = purifiers.get(spec_job.method)
+    kwargs = spec.resolve(spec_job.params)  # a job queued another way is refused here, at once (no retry)
+    should_stop = _stop_check(ctx, job)
+    published = dip_batches.collect(ctx, job, should_stop)
+    if published is not None:  # another job's batch purified this one and stored its image
+        return published
+
+    def prepare(key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _load_input(ctx, key)
+        # An iterative purifier's cost grows with pixels; like the paper (512 x 512) it works at a bounded size and
+        # the result is resized back to the upload's resolution.
+        return x, (_fit_side(x, ctx.settings.purify_max_side) if spec.iterative else x)
+
+    x, work = prepare(input_key)
+    followers = dip_batches.claim(ctx, job, spec_job, spec, tuple(work.shape), prepare) if spec.batchable else []
+    progress, stop_and_refresh = _batch_hooks(ctx, job, followers, should_stop)
     started = time.monotonic()
     try:
-        out = PURIFIERS[params["method"]](
-            torch.stack([work] + [f.work for f in followers]).to(rt.zoo.device),
-            progress=progress,
-            should_stop=stop_and_refresh,
-            **kwargs,
-            **how,
-        )
+        out = spec.fn(
+            torch.stack([work] + [f.work for f in followers]).to(ctx.zoo.device),
+            progress=progress, should_stop=stop_and_refresh, **kwargs, **_runtime_options(ctx, spec),
+        )  # fmt: skip
     except BaseException:
-        dip_batches.release(rt, followers)
+        dip_batches.release(ctx, followers)
         raise
-    if params["method"] == "dip":  # an auto stop ends between two (throttled) reports: record where it ended
+    if out.steps:  # an iterative run ends between two (throttled) reports, maybe early: record where it ended
         cap = int(out.params.get("max_iterations", out.steps))
-        _final_progress(job, iteration=out.steps, max_iterations=cap, stage=f"dip done ({out.stopped_by})")
+        _final_progress(job, iteration=out.steps, max_iterations=cap, stage=f"{spec.name} done ({out.stopped_by})")
         dip_batches.mirror_progress(followers, job.meta["progress"])
     common = {
-        "method": params["method"],
+        "method": spec.name,
         "params": kwargs,
         "work_size": list(work.shape[-2:]),
         "stopped_by": out.stopped_by,
@@ -214,13 +226,16 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         "runtime": out.params.get("runtime"),
     }
     for i, f in enumerate(followers, start=1):
-        png_i, scores_i = _finish(rt, f.x, out.image[i])
-        dip_batches.publish(
-            rt, f.job.id, {**common, **scores_i, "iterations": int(out.iterations[i]), "batched_with": job.id}, png_i
-        )
-    png, scores = _finish(rt, x, out.image[0])
-    rt.conn.set(keys.result_png_key(job.id), png, ex=rt.settings.result_ttl_s)
+        png_i, scores_i = _finish(ctx, f.x, out.image[i])
+        result_i = {**common, **scores_i, "iterations": int(out.iterations[i]), "batched_with": job.id}
+        dip_batches.publish(ctx, f.job.id, result_i, png_i)
+    png, scores = _finish(ctx, x, out.image[0])
+    _store_image(ctx, job.id, png)
     return {**common, **scores, "iterations": int(out.iterations[0]), "batched_with": None}
+
+
+def _store_image(ctx: context.WorkerContext, job_id: str, png: bytes) -> None:
+    ctx.conn.set(keys.result_png_key(job_id), png, ex=ctx.settings.result_ttl_s)
 
 
 def _final_progress(job: Job, *, iteration: int, max_iterations: int, stage: str) -> None:
@@ -241,34 +256,23 @@ def _final_progress(job: Job, *, iteration: int, max_iterations: int, stage: str
 
 
 def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
-    from models.attacks.report import attack_and_measure, attack_steps, perturbation_picture
+    from models.attacks import registry
+    from models.attacks.measure import attack_in_zoo
 
-    rt, job = context.get(), _current_job()
-    _begin(rt, job)
-    x = _load_input(rt, input_key)
-    p = dict(params)
-    method, target_name, source_name = p.pop("method"), p.pop("target"), p.pop("source", None)
-    save_format = p.pop("save_format", "png")
-    target = rt.zoo.get(target_name)
-    source = rt.zoo.get(source_name) if source_name and source_name != target_name else None
-    report = attack_and_measure(
-        method,
-        target.detector,
-        x.unsqueeze(0).to(rt.zoo.device),
-        source=source.detector if source else None,
-        params=p,
-        save_format=save_format,
-        progress=_reporter(job),
-        should_stop=_stop_check(rt, job),
-    )[0]
-    budget = attack_steps(method, p)
-    early = " (stopped early)" if report.iterations < budget else ""
-    _final_progress(job, iteration=report.iterations, max_iterations=budget, stage=f"{method} done{early}")
-    adv = report.adv.float().cpu()
+    ctx, job = context.get(), _current_job()
+    _begin(ctx, job)
+    spec_job = AttackJob.from_json(params)
+    spec = registry.get(spec_job.method)
+    x = _load_input(ctx, input_key)
+    outcome = attack_in_zoo(
+        ctx.zoo, x, method=spec_job.method, target=spec_job.target, source=spec_job.source,
+        params=spec_job.params, save_format=spec_job.save_format, progress=_reporter(job),
+        should_stop=_stop_check(ctx, job),
+    )  # fmt: skip
+    budget = spec.steps(spec.resolve(spec_job.params))
+    ran = outcome.report.iterations
+    early = " (stopped early)" if ran < budget else ""
+    _final_progress(job, iteration=ran, max_iterations=budget, stage=f"{spec.name} done{early}")
     # The delivered image, losslessly: for jpeg75 these are the decoded JPEG pixels success was judged on.
-    rt.conn.set(keys.result_png_key(job.id), encode_png(adv), ex=rt.settings.result_ttl_s)
-    metrics = report.metrics()
-    metrics["perturbation"] = base64.b64encode(encode_png(perturbation_picture(x, adv))).decode()
-    metrics["target"] = {"name": target.name, "sha256": target.sha256}
-    metrics["source"] = {"name": (source or target).name, "sha256": (source or target).sha256}
-    return metrics
+    _store_image(ctx, job.id, outcome.delivered_png)
+    return outcome.body

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deepfake_guard.commands.methods import add_method_arguments, given_params
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CSV_COLUMNS = [
     "file", "target", "source", "method", "save_format", "label_before", "label_after", "success",
@@ -26,16 +28,25 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for adversarial images and metrics.csv")
     p.add_argument("--target", default="demo-resnet18", help="checkpoint name of the detector to fool")
     p.add_argument("--source", default=None, help="craft on this checkpoint instead (black-box transfer)")
-    p.add_argument("--method", choices=("fgsm", "pgd", "cw_l2"), default="fgsm")
-    p.add_argument("--eps", type=float, default=0.02, help="L-inf budget in pixel units (fgsm, pgd)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step (default eps / 4)")
-    p.add_argument("--preset", choices=("paper", "default"), default="default", help="CW-L2 preset")
-    p.add_argument("--max-iterations", type=int, default=None, help="CW-L2 iterations per search step")
-    p.add_argument("--save-format", choices=("png", "jpeg75"), default="png", help="what is delivered and judged")
+    from models import attacks
+    from models.attacks.measure import SAVE_FORMATS
+    from models.checkpoint import DEMO_CHECKPOINTS
+
+    add_method_arguments(p, attacks.ATTACKS_REGISTRY, default=attacks.names()[0], skip=frozenset({"targeted"}))
+    p.add_argument(
+        "--targeted",
+        action="store_true",
+        help="reach the class --label names (without --label: the other class than the target's clean verdict)",
+    )
+    p.add_argument("--save-format", choices=SAVE_FORMATS, default="png", help="what is delivered and judged")
     p.add_argument("--label", choices=("fake", "real"), default=None, help="true label of every image "
                    "(default: attack the detector's own verdict)")  # fmt: skip
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder holding the checkpoints")
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=DEMO_CHECKPOINTS,
+        help="folder holding the checkpoints (default: the demo detectors shipped with the package)",
+    )
     p.add_argument("--batch", type=int, default=8, help="images attacked together (same size only)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seeds the PGD and CW random starts")
@@ -50,32 +61,27 @@ def find_images(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def attack_params(args: argparse.Namespace) -> dict[str, Any]:
-    if args.method == "fgsm":
-        return {"eps": args.eps}
-    if args.method == "pgd":
-        return {"eps": args.eps, "steps": args.steps, "step_size": args.step_size or args.eps / 4}
-    params: dict[str, Any] = {"preset": args.preset}
-    if args.max_iterations is not None:
-        params["max_iterations"] = args.max_iterations
-    return params
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from models import checkpoint
-    from models.attacks.report import attack_and_measure, perturbation_picture, resolve_params
+    from models import attacks, checkpoint
+    from models.attacks.measure import attack_and_measure, perturbation_picture
     from models.detector import CLASS_NAMES
+    from models.devices import resolve_device
     from models.images import ImageError, load_image_file, save_png
     from models.progress import Progress
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
+        device = resolve_device(args.device)
         files = find_images(args.path)
-        params = attack_params(args)
-        resolve_params(args.method, params)  # fail before loading anything
+        spec = attacks.get(args.method)
+        params = given_params(args, spec)
+        if args.targeted:
+            if not spec.declares("targeted"):
+                raise ValueError(f"--method {spec.name} has no targeted mode")
+            params["targeted"] = True
+        spec.resolve(params)  # fail before loading anything
         target = checkpoint.load(args.checkpoints / args.target, map_location=device).detector
         source = checkpoint.load(args.checkpoints / args.source, map_location=device).detector if args.source else None
     except (OSError, ValueError) as exc:  # CheckpointError is a ValueError

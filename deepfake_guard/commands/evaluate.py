@@ -8,21 +8,32 @@ down for a CPU, and the report states the sizes used).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+#: Where `evaluate` looks for the demo data set when no --data is given (and builds it when it is missing).
+DEMO_DATA = "data/demo"
 
 
 def add_parser(subparsers: Any) -> None:
+    from models.checkpoint import DEMO_CHECKPOINTS
+
     p = subparsers.add_parser(
         "evaluate",
         help="regenerate the paper's tables: clean, attacks, Lipschitz detectors, DIP",
         description="Evaluate detectors: clean detection, FGSM/CW-L2 white- and black-box with 8-bit/JPEG "
         "delivery, Lipschitz-regularised ResNets, DIP purification by category.",
     )
-    p.add_argument("--data", default="data/demo", help="ImageFolder root with test/ (train/ and val/ for the sweep)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"ImageFolder root with test/ (train/ and val/ for the sweep); default {DEMO_DATA}, built there first "
+        "(deepfake-guard make-demo-data) when it has no test/ split",
+    )
     p.add_argument(
         "--checkpoints",
         nargs="+",
-        default=["checkpoints/demo-resnet18", "checkpoints/demo-vgg16"],
+        default=[str(DEMO_CHECKPOINTS / "demo-resnet18"), str(DEMO_CHECKPOINTS / "demo-vgg16")],
         help="detectors under test; black-box attacks transfer between architecture families",
     )
     p.add_argument(
@@ -94,13 +105,27 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from models.devices import resolve_device
     from models.evaluation import evaluate, write_outputs
     from models.progress import Progress
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     config = config_from_args(args)
+    data = args.data
+    if data is None:
+        data = DEMO_DATA
+        if not (Path(data) / "test").is_dir():
+            from deepfake_guard.commands.make_demo_data import write_demo_data
+            from models.data.demo import DemoConfig
+
+            print(f"no demo data at {data}: building it first (docs/DATA.md)")
+            write_demo_data(data, DemoConfig(), ["train", "val", "test"])
     if config.mode == "full" and device.type == "cpu":
         print(
             f"full mode on CPU: {config.n_per_class or 'all'} attacked images per class, CW {config.cw_presets} "
@@ -121,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = evaluate(
         args.checkpoints,
-        args.data,
+        data,
         args.out,
         config,
         device=device,

@@ -38,10 +38,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from models.data.demo import DemoConfig, generate
-    from models.progress import Progress
+    from models.data.demo import DemoConfig
 
     config = DemoConfig(
         seed=args.seed,
@@ -52,6 +49,17 @@ def run(args: argparse.Namespace) -> int:
         generator_steps=args.generator_steps,
     )
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    write_demo_data(args.dir, config, splits)
+    return 0
+
+
+def write_demo_data(directory: Any, config: Any, splits: list[str]) -> dict[str, Any]:
+    """Generate the demo ImageFolder with a progress bar per stage; prints what was written."""
+    from tqdm import tqdm
+
+    from models.data.demo import generate
+    from models.progress import Progress
+
     bars: dict[str, Any] = {}
 
     def progress(p: Progress) -> None:
@@ -67,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(l1=f"{p.loss:.4f}")
 
     try:
-        manifest = generate(args.dir, config, splits=splits, progress=progress)
+        manifest = generate(directory, config, splits=splits, progress=progress)
     finally:
         for bar in bars.values():
             bar.close()
     counts = ", ".join(f"{s} {len(manifest['files'][s])}" for s in manifest["splits"])
-    print(f"wrote {args.dir}: {counts} images; content sha256 {manifest['content_sha256']}")
-    return 0
+    print(f"wrote {directory}: {counts} images; content sha256 {manifest['content_sha256']}")
+    return dict(manifest)

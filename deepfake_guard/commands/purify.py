@@ -6,68 +6,48 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-METHODS = ("dip", "jpeg", "median", "bitdepth")
+from deepfake_guard.commands.methods import add_method_arguments, given_params
 
 
 def add_parser(subparsers: Any) -> None:
+    from models import purify as purifiers
+
     p = subparsers.add_parser("purify", help="purify an image locally (no server needed)")
     p.add_argument("image", type=Path, help="input image (JPEG, PNG, WebP or BMP)")
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the purified PNG")
-    p.add_argument("--method", choices=METHODS, default="dip")
-    p.add_argument("--preset", choices=("paper", "default", "early"), default="default", help="DIP preset")
-    p.add_argument("--max-iterations", type=int, default=None, help="DIP step cap (overrides the preset)")
-    p.add_argument("--stop", choices=("auto", "fixed"), default=None, help="DIP stop rule (overrides the preset)")
-    p.add_argument("--seed", type=int, default=0)
+    add_method_arguments(p, purifiers.PURIFIERS_REGISTRY, default=purifiers.names()[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="DIP network arithmetic")
     p.add_argument(
         "--engine", choices=("fast", "reference"), default="fast", help="DIP step execution (docs/PERFORMANCE.md)"
     )
-    p.add_argument("--quality", type=int, default=75, help="JPEG quality (method jpeg)")
-    p.add_argument("--kernel-size", type=int, default=3, help="median window (method median)")
-    p.add_argument("--bits", type=int, default=5, help="bits per channel (method bitdepth)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
+    from models import purify as purifiers
+    from models.devices import resolve_device
     from models.images import ImageError, load_image_file, save_png
     from models.progress import Progress
-    from models.purify import PURIFIERS
     from models.purify.engine import DipRuntime
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+        spec = purifiers.get(args.method)
+        params = spec.resolve(given_params(args, spec))
+        if spec.takes("runtime"):
+            params["runtime"] = DipRuntime(engine=args.engine, precision=args.precision)
+        if spec.takes("device"):
+            params["device"] = device
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     try:
         x = load_image_file(args.image).unsqueeze(0)
     except (OSError, ImageError) as exc:
         print(f"error: cannot read {args.image}: {exc}")
         return 2
-
-    params: dict[str, Any]
-    if args.method == "dip":
-        try:
-            runtime = DipRuntime(engine=args.engine, precision=args.precision)
-        except ValueError as exc:
-            print(f"error: {exc}")
-            return 2
-        params = {
-            "preset": args.preset,
-            "max_iterations": args.max_iterations,
-            "stop": args.stop,
-            "seed": args.seed,
-            "device": device,
-            "runtime": runtime,
-        }
-    else:
-        params = {
-            "jpeg": {"quality": args.quality},
-            "median": {"kernel_size": args.kernel_size},
-            "bitdepth": {"bits": args.bits},
-        }[args.method]
 
     bar = tqdm(desc=f"{args.method} {args.image.name}", unit="step", dynamic_ncols=True)
 
@@ -78,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = PURIFIERS[args.method](x, progress=on_progress, **params)
+        result = spec.fn(x, progress=on_progress, **params)
     except ValueError as exc:
         bar.close()
         print(f"error: {exc}")

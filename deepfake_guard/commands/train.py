@@ -94,6 +94,7 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
 
     from models import checkpoint, registry
     from models.data.folder import ImageFolderDataset
+    from models.devices import resolve_device
     from models.progress import Progress
     from models.training import EpochStats, TrainConfig, evaluate, train_detector
 
@@ -114,13 +115,11 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if args.device == "auto"
-        else args.device
-    )
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     root = Path(args.data_dir)
     train_set, val_set, test_set = (ImageFolderDataset(root / s, image_size=size) for s in ("train", "val", "test"))
 

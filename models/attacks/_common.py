@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,47 +10,50 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def check_batch(x: Tensor, y: Tensor) -> None:
-    """Images N x C x H x W in [0, 1] and one integer label per image (the pixel contract)."""
-    if not torch.is_floating_point(x) or x.dim() != 4:
-        raise ValueError(f"x must be a float tensor N x C x H x W, got {x.dtype} of shape {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or torch.is_floating_point(y):
-        raise ValueError(f"y must hold one integer label per image ({x.shape[0]}), got {y.dtype} {tuple(y.shape)}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"x must lie in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
+def check_batch(x: Tensor, y: Tensor) -> Tensor:
+    """Images N x C x H x W of finite values in [0, 1] and one integer class index per image (the pixel contract).
+
+    Returns ``y`` as int64, the dtype the losses index with: any integer dtype is accepted (int32 and uint8
+    labels are what numpy callers pass), booleans and floats are not. The upper end of the labels' range is
+    checked against the model's logits by ``check_labels`` once they exist."""
+    if not isinstance(x, Tensor) or not torch.is_floating_point(x) or x.dim() != 4:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float tensor N x C x H x W, got {got}")
+    integer = isinstance(y, Tensor) and not torch.is_floating_point(y) and not torch.is_complex(y)
+    if not integer or y.dtype == torch.bool or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must hold one integer label per image ({x.shape[0]}), got {got}")
+    if x.numel():
+        if bool(torch.isnan(x).any()):
+            raise ValueError("x must lie in [0, 1], got NaN values")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"x must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"y must hold class indices >= 0, got {int(y.min())}")
+    return y.long()
 
 
-def check_number(name: str, value: float, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """ValueError naming ``value`` unless it is a finite number in [low, high] (or (low, high]).
-
-    Infinity is refused even when ``high`` is: an infinite budget or margin never ends or overflows float32."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        if math.isinf(high):
-            bound = f"{'>' if low_open else '>='} {low:g}"
-        else:
-            bound = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
-def check_int(name: str, value: int, *, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def check_labels(logits: Tensor, y: Tensor) -> None:
+    """The labels index the model's classes (one check per attack, on its first logits)."""
+    if y.numel() and int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"y holds class index {int(y.max())} but the model has {logits.shape[1]} classes")
 
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Attack the model as deployed (BatchNorm statistics frozen, no dropout), then restore its mode.
-    Gradients are enabled inside, even when the caller sits in ``torch.no_grad()``."""
-    was_training = model.training
+    """Attack the model as deployed (BatchNorm statistics frozen, no dropout), then give every submodule back
+    the mode it had: ``model.train(was_training)`` would set all of them to the wrapper's mode, so a wrapper in
+    training mode around an eval-mode detector would leave the detector training. Gradients are enabled inside,
+    even when the caller sits in ``torch.no_grad()``."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.enable_grad():
             yield model
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -59,14 +61,18 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return loss_and_input_gradient(model, x, y)[1]
 
 
-def loss_and_input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def loss_and_input_gradient(model: nn.Module, x: Tensor, y: Tensor, *, first: bool = True) -> tuple[Tensor, Tensor]:
     """The summed cross-entropy (detached, 0-dim) and its gradient w.r.t. the input only.
 
     ``torch.autograd.grad`` w.r.t. ``x`` leaves no ``.grad`` on the model's parameters. The sum (not the
     mean) keeps per-image gradients independent of the batch size, so batched and one-by-one runs agree.
+    ``first`` checks the labels against the logits (``check_labels``); iterative attacks pass it on step one only.
     """
     x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+    logits = model(x).float()
+    if first:  # later steps of an iterative attack see the same model: no sync to check again
+        check_labels(logits, y)
+    loss = F.cross_entropy(logits, y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)
     return loss.detach(), grad
 

@@ -7,7 +7,7 @@ constant ``c``:
 * loss per image ``||x' - x||_2^2 + c * f(x')`` with, on logits ``Z``,
   untargeted ``f = max(Z_y - max_{j != y} Z_j, -kappa)``, targeted ``f = max(max_{j != t} Z_j - Z_t, -kappa)``;
 * a fresh Adam and a fresh modifier for every binary-search step (the reference resets both; the
-  paper authors' copy kept Adam's moments across steps, PAPER.md "Settings");
+  paper authors' copy kept Adam's moments across steps, docs/PAPER.md "Settings");
 * per-sample binary search over ``c``: times 10 (capped at ``c_max``) until the first success, then
   bisection between the last failure and the last success;
 * per-sample early abort every ``max_iterations // 10`` iterations if the loss has not fallen by 0.01 %;
@@ -21,6 +21,7 @@ logit beats the true one by more than ``kappa``; targeted, ``argmax(Z - kappa * 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +31,17 @@ from torch.optim import Adam
 
 from models.attacks._common import (
     check_batch,
-    check_int,
-    check_number,
+    check_labels,
     class_mask,
     eval_mode,
     max_other_logit,
     true_logit,
 )
+from models.attacks.registry import TARGETED, AttackSpec, register
+from models.methods import Param
 from models.progress import Progress, ProgressFn, StopFn, check_stop
 
-#: "paper": Gandhi & Jain's settings (PAPER.md). "default": chosen by measurement (docs/ATTACKS.md): it fooled
+#: "paper": Gandhi & Jain's settings (docs/PAPER.md). "default": chosen by measurement (docs/ATTACKS.md): it fooled
 #: both demo detectors on 100/100 test fakes after 8-bit PNG delivery with about 120 iterations per image
 #: (2.5 % of the paper preset's 5,000). kappa = 1 (a logit margin) keeps the flip through 8-bit rounding,
 #: which undid 8 % of the kappa = 0 results; lr 0.05 because 0.01 does not converge in 100 steps.
@@ -88,29 +90,6 @@ def cw_success(logits: Tensor, y: Tensor, *, kappa: float, targeted: bool, mask:
 CW_LIMITS: dict[str, float] = {"kappa": 1e6, "c_init": 1e10, "c_max": 1e10}
 
 
-def check_cw(
-    *,
-    kappa: float,
-    c_init: float,
-    c_max: float | None = None,
-    search_steps: int,
-    max_iterations: int,
-    lr: float,
-    abort_early: bool = True,
-    targeted: bool = False,
-) -> None:
-    """CW-L2's hyper-parameter checks, callable before any image is at hand (ValueError naming the value)."""
-    check_number("kappa", kappa, low=0.0, high=CW_LIMITS["kappa"])
-    check_number("c_init", c_init, low=0.0, high=CW_LIMITS["c_init"], low_open=True)
-    if c_max is not None:
-        check_number("c_max", c_max, low=0.0, high=CW_LIMITS["c_max"], low_open=True)
-        if c_max < c_init:
-            raise ValueError(f"c_max must be at least c_init ({c_init!r}), got {c_max!r}")
-    check_int("search_steps", search_steps, low=1)
-    check_int("max_iterations", max_iterations, low=1)
-    check_number("lr", lr, low=0.0, low_open=True)
-
-
 def cw_l2(
     model: nn.Module,
     x: Tensor,
@@ -129,8 +108,17 @@ def cw_l2(
     generator: torch.Generator | None = None,
 ) -> CWResult:
     """Run CW-L2 on the whole batch at once; ``y`` is the true label (untargeted) or the target (targeted)."""
-    check_cw(kappa=kappa, c_init=c_init, c_max=c_max, search_steps=search_steps, max_iterations=max_iterations, lr=lr)
-    check_batch(x, y)
+    p = CW_L2.check(
+        {
+            "kappa": kappa, "c_init": c_init, "c_max": c_max, "search_steps": search_steps,
+            "max_iterations": max_iterations, "lr": lr, "abort_early": abort_early, "targeted": targeted,
+        }
+    )  # fmt: skip
+    kappa, c_init, c_max, lr, abort_early, targeted = (
+        p["kappa"], p["c_init"], p["c_max"], p["lr"], p["abort_early"], p["targeted"]
+    )  # fmt: skip
+    search_steps, max_iterations = p["search_steps"], p["max_iterations"]
+    y = check_batch(x, y)
     x = x.detach()
     n, device = x.shape[0], x.device
     # Without c_max the x10 growth still stops at the largest accepted constant (float32 stays finite).
@@ -167,6 +155,8 @@ def cw_l2(
                 adv = (torch.tanh(w0_a + (modifier if isinstance(idx, slice) else modifier[idx])) + 1) / 2
                 logits = model(adv).float()
                 if mask_a is None:
+                    if step == 0 and it == 0:
+                        check_labels(logits, y_a)
                     mask_a = class_mask(logits, y_a)
                 l2sq = (adv - x_a).flatten(1).pow(2).sum(dim=1)
                 loss = l2sq + c_a * cw_objective(logits, y_a, kappa=kappa, targeted=targeted, mask=mask_a)
@@ -222,3 +212,54 @@ def cw_l2(
         iterations=iterations,
         c=torch.where(success, best_c, tried),
     )
+
+
+def _c_max_at_least_c_init(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    c_init, c_max = values.get("c_init"), values.get("c_max")
+    if c_init is not None and c_max is not None and c_max < c_init:
+        raise ValueError(f"{label('c_max')} must be at least {label('c_init')} ({c_init!r}), got {c_max!r}")
+
+
+def _steps(params: Mapping[str, Any]) -> int:
+    return int(params["search_steps"]) * int(params["max_iterations"])
+
+
+CW_L2 = register(
+    AttackSpec(
+        name="cw_l2",
+        fn=cw_l2,
+        params=(
+            Param("search_steps", int, "binary-search steps over c", low=1, high=20),
+            Param("max_iterations", int, "Adam steps per search step", low=1, high=100_000),
+            Param("kappa", float, "confidence margin on logits", low=0.0, high=CW_LIMITS["kappa"]),
+            Param(
+                "c_init",
+                float,
+                "initial trade-off constant c (binary-searched)",
+                low=0.0,
+                low_open=True,
+                high=CW_LIMITS["c_init"],
+                field_name="c",
+            ),
+            Param(
+                "c_max",
+                float,
+                "largest c the search may reach",
+                low=0.0,
+                low_open=True,
+                high=CW_LIMITS["c_max"],
+                nullable=True,
+            ),
+            # Above 10 Adam leaves the tanh box in one step and "succeeds" with L2 ~ 32 (docs/ATTACKS.md).
+            Param("lr", float, "Adam learning rate", low=0.0, low_open=True, high=10.0),
+            Param("abort_early", bool, "stop a search step whose loss stalls", public=False),
+            TARGETED,
+        ),
+        presets=CW_PRESETS,
+        default_preset="default",
+        cross_check=_c_max_at_least_c_init,
+        description="Carlini-Wagner L2: the smallest L2 change that flips the verdict (Adam, binary search on c)",
+        steps=_steps,
+        sync_budget="optimizer",
+    )
+)

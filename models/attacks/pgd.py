@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from models.attacks._common import check_batch, check_int, check_number, eval_mode, loss_and_input_gradient
+from models.attacks._common import check_batch, eval_mode, loss_and_input_gradient
+from models.attacks.fgsm import EPS
+from models.attacks.registry import TARGETED, AttackSpec, register
+from models.methods import Param
 from models.progress import Progress, ProgressFn, StopFn, check_stop
-
-
-def check_pgd(*, eps: float, steps: int, step_size: float, random_start: bool = True, targeted: bool = False) -> None:
-    """PGD's hyper-parameter checks, callable before any image is at hand (ValueError naming the value)."""
-    check_number("eps", eps, low=0.0, high=1.0)
-    check_int("steps", steps, low=1)
-    check_number("step_size", step_size, low=0.0, high=1.0, low_open=True)
 
 
 def pgd(
@@ -36,21 +35,24 @@ def pgd(
 
     Long runs (queued jobs) report ``progress`` (mean cross-entropy of the step's input) and poll
     ``should_stop`` every ``min(10, steps // 10)`` steps; ``models.progress.Cancelled`` ends them."""
-    check_pgd(eps=eps, steps=steps, step_size=step_size, random_start=random_start, targeted=targeted)
-    check_batch(x, y)
+    p = PGD.check(
+        {"eps": eps, "steps": steps, "step_size": step_size, "random_start": random_start, "targeted": targeted}
+    )
+    eps, steps, step_size = p["eps"], p["steps"], p["step_size"]
+    y = check_batch(x, y)
     x = x.detach()
     if eps == 0:
         return x.clone()
     lower, upper = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
     adv = x.clone()
-    if random_start:
+    if p["random_start"]:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
-    sign = -1.0 if targeted else 1.0
+    sign = -1.0 if p["targeted"] else 1.0
     report_every = max(1, min(10, steps // 10))
     with eval_mode(model):
         for step in range(steps):
-            loss, grad = loss_and_input_gradient(model, adv, y)
+            loss, grad = loss_and_input_gradient(model, adv, y, first=step == 0)
             adv = torch.min(torch.max(adv + sign * step_size * grad.sign(), lower), upper)
             done = step + 1
             if done % report_every == 0 or done == steps:
@@ -58,3 +60,33 @@ def pgd(
                     progress(Progress(iteration=done, max_iterations=steps, loss=float(loss) / len(x), stage="pgd"))
                 check_stop(should_stop, done)
     return adv
+
+
+def _steps(params: Mapping[str, Any]) -> int:
+    return int(params["steps"])
+
+
+PGD = register(
+    AttackSpec(
+        name="pgd",
+        fn=pgd,
+        params=(
+            EPS,
+            Param("steps", int, "signed-gradient steps", default=10, low=1, high=10_000),
+            Param(
+                "step_size",
+                float,
+                "size of each step, in pixel units",
+                default=lambda p: p["eps"] / 4,
+                default_doc="eps / 4",
+                low=0.0,
+                low_open=True,
+                high=1.0,
+            ),
+            Param("random_start", bool, "start from a uniform draw in the eps-ball", public=False),
+            TARGETED,
+        ),
+        description="projected gradient descent in the L-inf ball: steps signed-gradient steps of step_size",
+        steps=_steps,
+    )
+)

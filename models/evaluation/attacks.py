@@ -4,7 +4,7 @@ Each attack is crafted once per detector (the *source*) on the attacked subsampl
 label as in the paper, then judged by every detector that needs it: the source itself (white-box, WB) and
 each detector whose black-box (BB) source it is (``clean.bb_source``: transfer from the other architecture).
 Judging happens after each delivery: ``float`` (the crafted tensor, no file), ``png`` (8-bit rounding) and
-``jpeg75`` (rounding then JPEG quality 75, what the paper evaluated; ``models.attacks.report.deliver``).
+``jpeg75`` (rounding then JPEG quality 75, what the paper evaluated; ``models.attacks.measure.deliver``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.attacks import ATTACKS
-from models.attacks.report import deliver, resolve_params
+from models.attacks import registry
+from models.attacks.measure import deliver
 from models.detector import FAKE_INDEX, REAL_INDEX
 from models.evaluation.clean import Member, bb_source, p_fake_of
 from models.evaluation.config import EvalConfig
@@ -48,19 +48,14 @@ def craft(
 ) -> Crafted:
     """Run ``attack`` on ``member`` over ``x`` in batches; wall time per image is part of the result."""
     method, params = config.attack(attack)
-    params = resolve_params(method, params)
-    fn = ATTACKS[method]
+    spec = registry.get(method)
+    params = spec.resolve(params)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     out = []
     started = time.perf_counter()
     for i in range(0, x.shape[0], config.batch_size):
         xb, yb = x[i : i + config.batch_size].to(device), y[i : i + config.batch_size].to(device)
-        if method == "cw_l2":
-            adv = fn(member.detector, xb, yb, **params, generator=gen).adv
-        elif method == "pgd":
-            adv = fn(member.detector, xb, yb, **params, generator=gen)
-        else:
-            adv = fn(member.detector, xb, yb, **params)
+        adv = spec.run(member.detector, xb, yb, params, generator=gen).adv
         out.append(adv.detach().cpu())
         if progress is not None:
             progress(

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from models.attacks import CW_PRESETS
-from models.attacks.report import SAVE_FORMATS
+from models.attacks import CW_L2, CW_PRESETS, FGSM
+from models.attacks.measure import SAVE_FORMATS
 
 Mode = Literal["quick", "full"]
-#: "float" judges the adversarial image as crafted (no file); the others as ``models.attacks.report.deliver``.
+#: "float" judges the adversarial image as crafted (no file); the others as ``models.attacks.measure.deliver``.
 DELIVERIES: tuple[str, ...] = ("float", *SAVE_FORMATS)
 
 
@@ -94,14 +94,14 @@ class EvalConfig:
 
     @property
     def attack_names(self) -> tuple[str, ...]:
-        return ("fgsm", *(f"cw_{p}" for p in self.cw_presets))
+        return (FGSM.name, *(f"cw_{p}" for p in self.cw_presets))
 
     def attack(self, name: str) -> tuple[str, dict[str, Any]]:
         """``(method, params)`` for an attack name of ``attack_names``."""
-        if name == "fgsm":
-            return "fgsm", {"eps": self.fgsm_eps}
+        if name == FGSM.name:
+            return FGSM.name, {"eps": self.fgsm_eps}
         if name.startswith("cw_") and name[3:] in self.cw_presets:
-            return "cw_l2", {**CW_PRESETS[name[3:]], **self.cw_overrides}
+            return CW_L2.name, {**CW_PRESETS[name[3:]], **self.cw_overrides}
         raise ValueError(f"unknown attack {name!r}; choose one of {self.attack_names}")
 
     def to_json(self) -> dict[str, Any]:

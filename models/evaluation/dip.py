@@ -1,6 +1,6 @@
 """R4: Deep Image Prior purification on a stratified subsample in the paper's categories.
 
-Categories (PAPER.md, DIP table): unperturbed real, unperturbed fake, and the attacked fakes split by
+Categories (docs/PAPER.md, DIP table): unperturbed real, unperturbed fake, and the attacked fakes split by
 {BB, WB} x {FGSM, CW} x {fooled, not fooled} for the detector under test. Up to ``dip_per_category`` images are
 drawn from each (a seeded draw); a category with fewer candidates keeps what it has and the counts say so.
 
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from models.attacks import FGSM
 from models.detector import FAKE_INDEX, REAL_INDEX
 from models.evaluation.attacks import AttackRun, delivered
 from models.evaluation.clean import Member, bb_source, p_fake_of, threshold_metrics
@@ -70,8 +71,8 @@ def categories(
     caught = p_fake_of(target.detector, x[fake], batch_size=config.batch_size, device=device) >= 0.5
     for setting in ("BB", "WB"):
         source = target if setting == "WB" else bb_source(target, members)
-        for attack in ("fgsm", config.dip_cw):
-            label = "FGSM" if attack == "fgsm" else "CW"
+        for attack in (FGSM.name, config.dip_cw):
+            label = "FGSM" if attack == FGSM.name else "CW"
             if source is None:
                 out[f"{setting} {label} fooled"] = out[f"{setting} {label} not fooled"] = (fake[:0], x[:0])
                 continue

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from models.evaluation.report import attack_label
+from models.purify import DIP
 
 
 def _pyplot() -> Any:
@@ -52,7 +53,7 @@ def _bars(results: dict[str, Any], role: str, path: Path, title: str) -> Path | 
 
 
 def _dip_curves(results: dict[str, Any], path: Path) -> Path | None:
-    dip = results.get("dip") or {}
+    dip = results.get(DIP.name) or {}
     if "fixed" not in dip:
         return None
     plt = _pyplot()

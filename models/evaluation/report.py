@@ -11,9 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from models.attacks import FGSM
 from models.evaluation.attacks import summary_table
+from models.purify import DIP
 
-ATTACK_LABELS = {"fgsm": "FGSM", "cw_default": "CW-L2 (default)", "cw_paper": "CW-L2 (paper)"}
+ATTACK_LABELS = {FGSM.name: "FGSM", "cw_default": "CW-L2 (default)", "cw_paper": "CW-L2 (paper)"}
 
 
 def pct(value: float | None) -> str:
@@ -65,7 +67,7 @@ def _run_section(results: dict[str, Any]) -> str:
         + (
             f"{cfg['dip_per_category']} image(s) per category x {cfg['dip_iterations']} steps"
             + (f", label-free stop capped at {cfg['dip_auto_cap']}" if cfg["dip_auto"] else "")
-            if cfg["dip"]
+            if cfg[DIP.name]
             else "not run"
         )
         + "."
@@ -102,7 +104,7 @@ def _clean_section(results: dict[str, Any]) -> str:
 
 def _summary_rows(results: dict[str, Any], role: str) -> tuple[list[str], list[list[str]]]:
     attacks = results["config"]["cw_presets"]
-    names = ["fgsm", *(f"cw_{p}" for p in attacks)]
+    names = [FGSM.name, *(f"cw_{p}" for p in attacks)]
     header = ["detector", "clean"] + [f"{attack_label(a)} {s}" for a in names for s in ("BB", "WB")]
     rows = []
     for entry in results["summary"]:
@@ -123,7 +125,7 @@ def _attack_section(results: dict[str, Any]) -> str:
         "the other architecture and transferred. Clean = the same fakes unattacked.",
     ]
     for delivery in cfg["deliveries"]:
-        names = ["fgsm", *(f"cw_{p}" for p in cfg["cw_presets"])]
+        names = [FGSM.name, *(f"cw_{p}" for p in cfg["cw_presets"])]
         summary = summary_table(results["detectors"], results["attacks"], names, delivery)
         header, rows = _summary_rows({**results, "summary": summary}, "base")
         tag = " (headline, as the paper judged)" if delivery == cfg["headline_delivery"] else ""
@@ -231,7 +233,7 @@ def _family(results: dict[str, Any], name: str) -> str:
 
 
 def _dip_section(results: dict[str, Any]) -> str:
-    dip = results.get("dip")
+    dip = results.get(DIP.name)
     if not dip:
         return "## R4 DIP purification\n\nNot run."
     cfg = results["config"]

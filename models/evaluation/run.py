@@ -24,6 +24,7 @@ from models.evaluation.dip import run_dip
 from models.evaluation.sweep import sweep
 from models.lipschitz import input_gradient_norm
 from models.progress import ProgressFn
+from models.purify import DIP
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def evaluate(
         if target is None:
             raise ValueError(f"dip_detector {name!r} is not among the detectors {[m.name for m in members]}")
         dip = run_dip(target, members, x, y, attack_run, config, device=device, progress=progress)
-        timings["dip"] = time.perf_counter() - t
+        timings[DIP.name] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
 
     return {
@@ -122,7 +123,7 @@ def evaluate(
         ),
         "input_gradient_norm": grad_norms,
         "lipschitz_sweep": sweep_log,
-        "dip": dip,
+        DIP.name: dip,
         "notes": notes,
         "timings": timings,
     }

@@ -1,29 +1,33 @@
 """Purification defences: Deep Image Prior (the paper's) and cheap one-shot baselines.
 
 Every purifier has one shape, ``(x, *, progress=None, should_stop=None, **params) -> PurifyResult``,
-on N x 3 x H x W images in [0, 1]; ``PURIFIERS`` maps names to them (STYLE rule 3).
+on N x 3 x H x W images in [0, 1], and is declared once in the purifier registry (``models.purify.registry``;
+how to add one: docs/CONTRIBUTING.md). ``PURIFIERS`` maps names to the functions, live over the registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from models.methods import FunctionView
 
-from models.purify.dip import PRESETS, DipPreset, PurifyResult, dip_purify, psnr
-from models.purify.simple import bitdepth_purify, jpeg_purify, median_purify
+# Each module registers its purifiers when imported, in this order, which the registry keeps (dip first).
+from models.purify.dip import DIP, PRESETS, DipPreset, PurifyResult, dip_purify, psnr
+from models.purify.registry import PURIFIERS_REGISTRY, PurifierSpec, get, names, register, unregister
+from models.purify.simple import BITDEPTH, JPEG, MEDIAN, bitdepth_purify, jpeg_purify, median_purify
 from models.purify.skipnet import SkipConfig, SkipNet
 from models.purify.stopping import WindowedVariance, WMVConfig
 
-PURIFIERS: dict[str, Callable[..., PurifyResult]] = {
-    "dip": dip_purify,
-    "jpeg": jpeg_purify,
-    "median": median_purify,
-    "bitdepth": bitdepth_purify,
-}
+PURIFIERS = FunctionView(PURIFIERS_REGISTRY)
 
 __all__ = [
+    "BITDEPTH",
+    "DIP",
+    "JPEG",
+    "MEDIAN",
     "PRESETS",
     "PURIFIERS",
+    "PURIFIERS_REGISTRY",
     "DipPreset",
+    "PurifierSpec",
     "PurifyResult",
     "SkipConfig",
     "SkipNet",
@@ -31,7 +35,11 @@ __all__ = [
     "WindowedVariance",
     "bitdepth_purify",
     "dip_purify",
+    "get",
     "jpeg_purify",
     "median_purify",
+    "names",
     "psnr",
+    "register",
+    "unregister",
 ]

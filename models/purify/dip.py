@@ -1,7 +1,7 @@
 """Deep Image Prior purification (Ulyanov et al. 2018) as the paper uses it against adversarial noise.
 
 A randomly initialised skip network maps fixed noise to the attacked image. It fits image content
-before the high-frequency perturbation (PAPER.md, "Why DIP works"), so an output taken mid-way is
+before the high-frequency perturbation (docs/PAPER.md, "Why DIP works"), so an output taken mid-way is
 the image with the attack largely removed. ``dip_purify`` runs one independent network per image
 (batched as grouped convolutions, see ``skipnet``), with the paper's noise jitter, EMA of outputs and
 PSNR backtracking, and either a fixed step count (``paper`` preset) or a label-free stop (``default``).
@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.methods import Param
 from models.progress import Progress, ProgressFn, StopFn, check_stop
 from models.purify.engine import DipRuntime, StepSetup, dip_psnr, make_stepper
+from models.purify.registry import PurifierSpec, register
 from models.purify.skipnet import SkipConfig, SkipNet
 from models.purify.stopping import WindowedVariance, WMVConfig
 
@@ -80,7 +82,7 @@ class DipPreset:
 
 
 PRESETS: dict[str, DipPreset] = {
-    # The paper's settings (PAPER.md "Settings they used") with its chosen stop at 6,000 steps.
+    # The paper's settings (docs/PAPER.md "Settings they used") with its chosen stop at 6,000 steps.
     "paper": DipPreset(name="paper"),
     # Same network and optimiser, stopped by ES-WMV with a 3,000-step cap (docs/PURIFICATION.md).
     "default": DipPreset(name="default", max_iterations=3000, stop="auto"),
@@ -114,7 +116,7 @@ def _pad_to(x: Tensor, multiple: int, minimum: int) -> tuple[Tensor, tuple[int, 
 
 
 def check_images(x: Tensor) -> None:
-    """Validate the pixel contract (STYLE rule 1) with a message naming what is wrong."""
+    """Validate the pixel contract (docs/CONTRIBUTING.md, convention 1) with a message naming what is wrong."""
     if not isinstance(x, Tensor):
         raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1:
@@ -196,10 +198,11 @@ def dip_purify(
     Raises ``models.progress.Cancelled`` when ``should_stop`` returns True.
     """
     started = time.perf_counter()
+    DIP.check({"max_iterations": max_iterations, "stop": stop, "seed": seed, "progress_every": progress_every})
+    if not isinstance(preset, DipPreset):
+        DIP.check({"preset": preset})
     check_images(x)
     cfg = resolve_preset(preset, max_iterations=max_iterations, stop=stop)
-    if progress_every < 1:
-        raise ValueError(f"progress_every must be >= 1, got {progress_every}")
     dev = torch.device(device) if device is not None else x.device
     n = x.shape[0]
 
@@ -275,3 +278,21 @@ def dip_purify(
         stop_trace=stop_trace,
         snapshots=kept,
     )
+
+
+DIP = register(
+    PurifierSpec(
+        name="dip",
+        fn=dip_purify,
+        params=(
+            Param("preset", str, "DIP preset (docs/PURIFICATION.md)", default="default", choices=tuple(PRESETS)),
+            Param("max_iterations", int, "iteration cap (the preset's if unset)", low=1, nullable=True),
+            Param("stop", str, "stopping rule (the preset's if unset)", choices=("fixed", "auto"), nullable=True),
+            Param("seed", int, "seeds the network and its input noise", default=0, low=0, high=2**31 - 1),
+            Param("progress_every", int, "steps between progress reports", low=1, public=False),
+        ),
+        description="Deep Image Prior: a fresh network fits the image and is stopped before it fits the attack",
+        iterative=True,
+        batchable=True,
+    )
+)

@@ -4,7 +4,7 @@ Both compute the same step (``dip.py`` owns the loop, the stop and the traces):
 jittered noise -> skip net -> per-image MSE -> backward -> every ``backtrack_every`` steps the per-image
 PSNR backtracking -> Adam -> EMA of outputs.
 
-Why a second engine (issue 6): at the paper's 512 x 512 one step is ~11 GFLOP but hundreds of tiny
+Why a second engine: at the paper's 512 x 512 one step is ~11 GFLOP but hundreds of tiny
 kernels, so an eager step costs ~16 ms of host time on CPU and GPU alike while the arithmetic needs
 ~0.15 ms. The fast engine
 

@@ -17,12 +17,10 @@ from PIL import Image
 from torch import Tensor
 
 from models.images import encode_jpeg
+from models.methods import Param
 from models.progress import Progress, ProgressFn, StopFn, check_stop
 from models.purify.dip import PurifyResult, check_images
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+from models.purify.registry import PurifierSpec, register
 
 
 def _per_image(
@@ -60,8 +58,7 @@ def jpeg_purify(
     should_stop: StopFn | None = None,
 ) -> PurifyResult:
     """Encode each image as JPEG at ``quality`` (1..95) and decode it again (8-bit, via PIL)."""
-    if not _is_int(quality) or not 1 <= quality <= 95:
-        raise ValueError(f"JPEG quality must be an integer in 1..95, got {quality!r}")
+    quality = JPEG.check({"quality": quality})["quality"]
     check_images(x)
 
     def round_trip(img: Tensor) -> Tensor:
@@ -83,8 +80,7 @@ def median_purify(
     should_stop: StopFn | None = None,
 ) -> PurifyResult:
     """Per-channel median over a ``kernel_size`` x ``kernel_size`` window (odd, >= 3), reflect-padded."""
-    if not _is_int(kernel_size) or kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"median kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+    kernel_size = MEDIAN.check({"kernel_size": kernel_size})["kernel_size"]
     check_images(x)
     pad = kernel_size // 2
     if min(x.shape[-2:]) <= pad:
@@ -109,8 +105,7 @@ def bitdepth_purify(
     should_stop: StopFn | None = None,
 ) -> PurifyResult:
     """Quantise every channel to ``bits`` bits (1..8): ``round(x * (2^bits - 1)) / (2^bits - 1)``."""
-    if not _is_int(bits) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
+    bits = BITDEPTH.check({"bits": bits})["bits"]
     check_images(x)
     levels = float(2**bits - 1)
 
@@ -118,3 +113,29 @@ def bitdepth_purify(
         return torch.round(img * levels) / levels
 
     return _per_image(x, squeeze, method="bitdepth", params={"bits": bits}, progress=progress, should_stop=should_stop)
+
+
+JPEG = register(
+    PurifierSpec(
+        name="jpeg",
+        fn=jpeg_purify,
+        params=(Param("quality", int, "JPEG quality", default=75, low=1, high=95),),
+        description="JPEG round trip at a quality (Guo et al. 2018)",
+    )
+)
+MEDIAN = register(
+    PurifierSpec(
+        name="median",
+        fn=median_purify,
+        params=(Param("kernel_size", int, "median window side, odd", default=3, low=3, high=15, odd=True),),
+        description="per-channel median filter (feature squeezing, Xu et al. 2018)",
+    )
+)
+BITDEPTH = register(
+    PurifierSpec(
+        name="bitdepth",
+        fn=bitdepth_purify,
+        params=(Param("bits", int, "bits per channel", default=5, low=1, high=8),),
+        description="bit-depth reduction per channel (feature squeezing, Xu et al. 2018)",
+    )
+)

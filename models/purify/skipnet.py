@@ -1,6 +1,6 @@
 """The Deep Image Prior "skip" encoder-decoder (Ulyanov et al. 2018), as the paper describes it.
 
-Written from the description in PAPER.md ("Settings they used", DIP): channels down/up
+Written from the description in docs/PAPER.md ("Settings they used", DIP): channels down/up
 [8, 16, 32, 64, 128], skip channels [0, 0, 0, 4, 4], 3x3 convolutions, stride-2 convolutions to
 downsample, bilinear upsampling, reflection padding, BatchNorm, LeakyReLU(0.2), 1x1 conv + sigmoid.
 

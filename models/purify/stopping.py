@@ -1,6 +1,6 @@
 """Label-free early stopping for DIP: windowed moving variance (ES-WMV, Wang et al. 2021).
 
-Why: DIP first fits the image content and only later the high-frequency perturbation (PAPER.md,
+Why: DIP first fits the image content and only later the high-frequency perturbation (docs/PAPER.md,
 "Why DIP works"); the paper picked its stop (6,000 steps) on the test images themselves. ES-WMV needs
 no clean image and no labels: while the net is fitting content, successive outputs change a lot; once
 content is fitted they settle; when the net starts to fit the perturbation they drift again. The

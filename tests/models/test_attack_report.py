@@ -12,16 +12,8 @@ from torch import Tensor, nn
 
 from models import registry
 from models.attacks import CW_LIMITS, CW_PRESETS, cw_l2, fgsm, pgd
-from models.attacks.report import (
-    AttackReport,
-    attack_and_measure,
-    attack_steps,
-    check_params,
-    deliver,
-    perturbation_picture,
-    resolve_params,
-    tunable_params,
-)
+from models.attacks.measure import AttackReport, attack_and_measure, deliver, perturbation_picture
+from models.attacks.registry import attack_steps, check_params, resolve_params, tunable_params
 from models.detector import Detector
 from models.images import decode_image, load_image_file, save_png
 

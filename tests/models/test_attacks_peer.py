@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attacks import cw_l2, fgsm
+from models.checkpoint import DEMO_CHECKPOINTS
 
 torchattacks = pytest.importorskip("torchattacks")
 
 pytestmark = pytest.mark.slow
 
-DEMO = Path(__file__).resolve().parents[2] / "checkpoints" / "demo-resnet18.safetensors"
+DEMO = DEMO_CHECKPOINTS / "demo-resnet18.safetensors"
 
 
 def synthetic_batch(n: int, g: torch.Generator, size: int = 16) -> tuple[Tensor, Tensor]:

@@ -15,11 +15,12 @@ import pytest
 from torch.utils.data import TensorDataset
 
 from models import checkpoint
+from models.checkpoint import DEMO_CHECKPOINTS
 from models.data import demo
 from models.data.folder import load_image_folder
 from models.training import evaluate
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+CHECKPOINTS = DEMO_CHECKPOINTS
 DEMO = ("demo-resnet18", "demo-vgg16")
 MAX_TOTAL_BYTES = 60_000_000
 

@@ -1,4 +1,4 @@
-"""The fast DIP engine against the eager reference it replaces (issue 6, target 4: CPU agreement).
+"""The fast DIP engine against the eager reference it replaces (docs/PERFORMANCE.md: CPU agreement).
 
 CUDA graphs cannot run here. A recording stand-in for the graph runner drives the engine's capture/replay
 control flow on CPU (narrow unit test: record without running, replay rewrites the same output tensors, as a

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from deepfake_guard import cli
+from models.checkpoint import DEMO_CHECKPOINTS
 from models.evaluation import QUICK, EvalConfig
 from models.evaluation.attacks import judge
 from models.evaluation.clean import subsample, threshold_metrics
@@ -22,7 +23,7 @@ from models.training import binary_metrics
 from tests.conftest import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINTS = ROOT / "checkpoints"
+CHECKPOINTS = DEMO_CHECKPOINTS
 
 
 def test_threshold_metrics_match_argmax_at_one_half_and_move_with_the_threshold() -> None:

@@ -33,7 +33,7 @@ def test_skipnet_paper_shape_and_size() -> None:
         out = net(torch.rand(1, 32, 64, 64))
     assert out.shape == (1, 3, 64, 64)
     assert float(out.min()) > 0 and float(out.max()) < 1
-    # ~0.6M parameters, as PAPER.md says of the paper net.
+    # ~0.6M parameters, as docs/PAPER.md says of the paper net.
     assert 0.5e6 < sum(p.numel() for p in net.parameters()) < 0.7e6
 
 

@@ -48,7 +48,9 @@ def test_a_job_whose_input_has_expired_fails_at_once(tiny_checkpoints: Path, red
 
 
 def test_a_job_that_may_succeed_next_time_is_retried(tiny_checkpoints: Path, redis_url: str, monkeypatch: Any) -> None:
-    from models.purify import PURIFIERS
+    from dataclasses import replace
+
+    from models.purify import JPEG, PURIFIERS_REGISTRY
 
     calls = []
 
@@ -56,7 +58,7 @@ def test_a_job_that_may_succeed_next_time_is_retried(tiny_checkpoints: Path, red
         calls.append(1)
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setitem(PURIFIERS, "jpeg", flaky)
+    monkeypatch.setitem(PURIFIERS_REGISTRY._entries, "jpeg", replace(JPEG, fn=flaky))
     out = run_job(tiny_checkpoints, redis_url, {"method": "jpeg"})
     assert out["status"] == "failed" and out["attempts"] == 3 and len(calls) == 3, out
     assert "out of memory" in out["error"]

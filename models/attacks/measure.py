@@ -8,32 +8,25 @@ detector, which may differ from the *source* the perturbation was crafted on (bl
 
 from __future__ import annotations
 
-import inspect
+import base64
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from models.attacks import ATTACKS, CHECKS, CW_PRESETS
+from models.attacks import registry
 from models.attacks._common import eval_mode
 from models.detector import CLASS_NAMES, FAKE_INDEX
 from models.images import decode_image, encode_jpeg, encode_png, psnr, quantize_8bit
 from models.progress import ProgressFn, StopFn, check_stop
+from models.zoo import Zoo
 
-SAVE_FORMATS: tuple[str, ...] = ("png", "jpeg75")
-
-#: Parameters used when a request leaves them out: FGSM/PGD at the paper's eps = 0.02, CW at its
-#: "default" preset. ``cw_l2`` also takes ``preset`` ("paper" or "default") as the base to override.
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "fgsm": {"eps": 0.02},
-    "pgd": {"eps": 0.02, "steps": 10, "step_size": 0.005},
-    "cw_l2": dict(CW_PRESETS["default"]),
-}
-
-# Supplied by attack_and_measure itself, never by a request.
-_RESERVED = {"progress", "should_stop", "generator"}
+#: How an adversarial image is delivered (and judged): its file format, and that file's media type.
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg75": "image/jpeg"}
+SAVE_FORMATS: tuple[str, ...] = tuple(MEDIA_TYPES)
 
 
 @dataclass
@@ -65,55 +58,6 @@ class AttackReport:
             for k, v in self.__dict__.items()
             if k not in ("adv", "encoded")
         }
-
-
-def tunable_params(method: str) -> list[str]:
-    """The keyword-only hyper-parameters a request may set for ``method``."""
-    fn = _attack(method)
-    kinds = (inspect.Parameter.KEYWORD_ONLY,)
-    names = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
-    return [n for n in names if n not in _RESERVED]
-
-
-def _attack(method: str) -> Any:
-    if method not in ATTACKS:
-        raise ValueError(f"unknown attack method {method!r}; choose one of {sorted(ATTACKS)}")
-    return ATTACKS[method]
-
-
-def resolve_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Defaults (or a CW preset) overridden by ``params``; unknown names are a ValueError naming them."""
-    allowed = tunable_params(method)
-    params = dict(params)
-    base = dict(DEFAULT_PARAMS[method])
-    if method == "cw_l2" and "preset" in params:
-        preset = params.pop("preset")
-        if preset not in CW_PRESETS:
-            raise ValueError(f"unknown cw_l2 preset {preset!r}; choose one of {sorted(CW_PRESETS)}")
-        base = dict(CW_PRESETS[preset])
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown parameters {unknown} for {method}; allowed: {allowed}")
-    return {**base, **params}
-
-
-def check_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``resolve_params`` plus the attack's own hyper-parameter checks: every ValueError a request's
-    parameters can cause, raised before any image is read or any job is queued."""
-    kwargs = resolve_params(method, params)
-    CHECKS[method](**kwargs)
-    return kwargs
-
-
-def attack_steps(method: str, params: dict[str, Any]) -> int:
-    """Gradient steps (one forward and backward pass each) the attack may run on an image: 1 for FGSM,
-    ``steps`` for PGD, ``search_steps * max_iterations`` for CW-L2 (an upper bound: it can stop early)."""
-    p = resolve_params(method, params)
-    if method == "pgd":
-        return int(p["steps"])
-    if method == "cw_l2":
-        return int(p["search_steps"]) * int(p["max_iterations"])
-    return 1
 
 
 def deliver(adv: Tensor, save_format: str) -> tuple[Tensor, list[bytes]]:
@@ -154,7 +98,7 @@ def attack_and_measure(
     x: Tensor,
     *,
     source: nn.Module | None = None,
-    params: dict[str, Any],
+    params: Mapping[str, Any],
     save_format: str = "png",
     y: Tensor | None = None,
     progress: ProgressFn | None = None,
@@ -176,8 +120,8 @@ def attack_and_measure(
     on images the detector is very sure of: there the untargeted cross-entropy's gradient through the
     winning logit rounds to zero (softmax 1.0), the targeted one keeps it.
     """
-    fn = _attack(method)
-    kwargs = check_params(method, params)
+    spec = registry.get(method)
+    kwargs = spec.resolve(params)
     if save_format not in SAVE_FORMATS:
         raise ValueError(f"unknown save_format {save_format!r}; choose one of {list(SAVE_FORMATS)}")
     if x.dim() != 4 or x.shape[1] != 3:
@@ -194,16 +138,10 @@ def attack_and_measure(
     y_craft = y.to(x.device) if y is not None else _labels(p_before if src_before is None else src_before)
 
     check_stop(should_stop, 0)
-    if method == "cw_l2":
-        result = fn(crafter, x, y_craft, **kwargs, progress=progress, should_stop=should_stop, generator=generator)
-        adv, iterations = result.adv, result.iterations.tolist()
-    elif method == "pgd":
-        adv = fn(crafter, x, y_craft, **kwargs, progress=progress, should_stop=should_stop, generator=generator)
-        iterations = [kwargs["steps"]] * len(x)
-    else:
-        adv, iterations = fn(crafter, x, y_craft, **kwargs), [1] * len(x)
+    crafted = spec.run(crafter, x, y_craft, kwargs, progress=progress, should_stop=should_stop, generator=generator)
+    iterations = crafted.iterations
 
-    delivered, blobs = deliver(adv, save_format)
+    delivered, blobs = deliver(crafted.adv, save_format)
     on_device = delivered.to(x.device)
     p_after = _p_fake(target, on_device)
     label_after = _labels(p_after)
@@ -237,3 +175,47 @@ def attack_and_measure(
             )
         )
     return reports
+
+
+@dataclass
+class AttackOutcome:
+    """One image attacked on detectors of a zoo, ready to answer with: ``body`` holds the report's metrics, the
+    detectors (name and sha256), the delivered file's media type and the magnified perturbation (base64 PNG)."""
+
+    report: AttackReport
+    body: dict[str, Any]
+
+    @property
+    def delivered_png(self) -> bytes:
+        """The delivered pixels, losslessly (for jpeg75: the decoded JPEG that success was judged on)."""
+        return encode_png(self.report.adv.float().cpu())
+
+
+def attack_in_zoo(
+    zoo: Zoo,
+    x: Tensor,
+    *,
+    method: str,
+    target: str,
+    source: str | None,
+    params: Mapping[str, Any],
+    save_format: str,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> AttackOutcome:
+    """Attack one image (3 x H x W, [0, 1]) on the zoo's ``target``, crafted on ``source`` (a black-box transfer
+    when it names another detector), delivered as ``save_format``. The one code path of the API's synchronous
+    attacks and the workers' queued ones."""
+    tgt = zoo.get(target)
+    src = zoo.get(source) if source and source != target else None
+    report = attack_and_measure(
+        method, tgt.detector, x.unsqueeze(0).to(zoo.device), source=src.detector if src else None,
+        params=params, save_format=save_format, progress=progress, should_stop=should_stop,
+    )[0]  # fmt: skip
+    body = report.metrics()
+    body["target"] = {"name": tgt.name, "sha256": tgt.sha256}
+    body["source"] = {"name": (src or tgt).name, "sha256": (src or tgt).sha256}
+    body["adversarial_media_type"] = MEDIA_TYPES[save_format]
+    picture = perturbation_picture(x.float().cpu(), report.adv.float().cpu())
+    body["perturbation"] = base64.b64encode(encode_png(picture)).decode()
+    return AttackOutcome(report=report, body=body)

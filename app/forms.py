@@ -1,0 +1,103 @@
+"""Form fields derived from the method registries: what POST /attack and POST /purify accept, and their OpenAPI.
+
+Each public parameter of each registered method becomes one optional form field (methods that share a
+parameter share its field), typed and bounded as declared (``models.methods.Param``). A request's values are
+then checked twice over: the form's bounds by FastAPI (422 naming the field), and the method's own declaration
+by ``Method.resolve`` (the same check the function itself makes).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Form
+
+from app.errors import InvalidParameter, applicable_params
+from models.methods import Method, Param
+
+
+@dataclass
+class FormField:
+    """One form field: the parameter declarations behind it (one per method that takes it)."""
+
+    name: str
+    declarations: list[tuple[str, Param]] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m, _ in self.declarations]
+
+    def annotation(self) -> Any:
+        first = self.declarations[0][1]
+        kinds = {p.kind for _, p in self.declarations}
+        if len(kinds) > 1:
+            raise ValueError(f"form field {self.name!r} is declared with different types by {self.methods}")
+        description = f"{first.description} ({', '.join(self.methods)})."
+        if first.kind is str:
+            choices = tuple(dict.fromkeys(c for _, p in self.declarations for c in p.choices or ()))
+            return Annotated[Literal[choices] | None, Form(description=description)]  # type: ignore[valid-type]
+        if first.kind is bool:
+            return Annotated[bool | None, Form(description=description)]
+        lows = [(p.low, p.low_open if p.api_low_open is None else p.api_low_open) for _, p in self.declarations]
+        highs = [p.high for _, p in self.declarations]
+        bounds: dict[str, Any] = {}
+        known = [(low, low_open) for low, low_open in lows if low is not None]
+        if len(known) == len(lows):  # the widest bound any method accepts; each method checks its own
+            low, low_open = min(known, key=lambda b: (b[0], not b[1]))
+            bounds["gt" if low_open else "ge"] = int(low) if first.kind is int else low
+        tops = [h for h in highs if h is not None]
+        if len(tops) == len(highs):
+            bounds["le"] = int(max(tops)) if first.kind is int else max(tops)
+        if first.kind is float:
+            return Annotated[float | None, Form(allow_inf_nan=False, description=description, **bounds)]
+        return Annotated[int | None, Form(description=description, **bounds)]
+
+
+@dataclass
+class MethodForm:
+    """The derived fields of a set of methods, and how to read a request's values for one of them."""
+
+    fields: dict[str, FormField]
+    #: (method, field) -> keyword of the method's function
+    keywords: dict[tuple[str, str], str]
+
+    def parameters(self) -> list[inspect.Parameter]:
+        """Keyword-only parameters for an endpoint's signature (FastAPI reads the form from them)."""
+        return [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f.annotation())
+            for name, f in self.fields.items()
+        ]
+
+    def given(self, method: Method, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values a request set for ``method``, by keyword; fields the method does not take are refused."""
+        allowed = {f for (m, f) in self.keywords if m == method.name}
+        chosen = applicable_params(method.name, {k: values.get(k) for k in self.fields}, allowed)
+        return {self.keywords[(method.name, f)]: v for f, v in chosen.items()}
+
+    def resolve(self, method: Method, values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        """``given`` plus ``extra``, resolved by the method's declaration (``Method.resolve``); a ValueError becomes
+        a 422 naming the form field."""
+        try:
+            return method.resolve({**self.given(method, values), **extra}, by_field=True)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from exc
+
+
+def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset()) -> MethodForm:
+    """Fields for every public parameter (and ``preset`` where a method has presets) of ``methods``, in
+    registration and declaration order; ``skip`` names fields the route declares itself."""
+    fields: dict[str, FormField] = {}
+    keywords: dict[tuple[str, str], str] = {}
+    for m in methods:
+        declared = list(m.public_params)
+        if m.presets:
+            declared.insert(0, Param("preset", str, f"{m.name} preset", choices=tuple(m.presets)))
+        for p in declared:
+            if p.field in skip:
+                continue
+            fields.setdefault(p.field, FormField(p.field)).declarations.append((m.name, p))
+            keywords[(m.name, p.field)] = p.name
+    return MethodForm(fields=fields, keywords=keywords)

@@ -1,0 +1,94 @@
+"""POST /purify: its form is derived from the purifier registry when the app is built (``app.forms``)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from redis import Redis
+
+from app.deps import get_app_settings, get_pixel_gate, get_redis
+from app.errors import InvalidParameter, problem_responses
+from app.forms import MethodForm, method_form
+from app.pixels import PixelGate, declared_pixels
+from app.routes.jobs import IdempotencyKey, queue_job
+from app.schemas import JobAccepted
+from app.uploads import form_fields, read_image
+from core.jobs import PurifyJob
+from core.settings import Settings
+from models import purify as purifiers
+
+#: The form fields POST /purify declares itself; the rest come from the purifiers' declarations.
+OWN_FIELDS = ("file", "method")
+
+
+def purify_form() -> MethodForm:
+    return method_form(purifiers.PURIFIERS_REGISTRY, skip=frozenset(OWN_FIELDS))
+
+
+def purify_fields() -> frozenset[str]:
+    """Every form field of POST /purify (anything else is refused: ``app.uploads.form_fields``)."""
+    return frozenset({*OWN_FIELDS, *purify_form().fields})
+
+
+def build_router() -> APIRouter:
+    """The /purify route for the purifiers registered now (the app calls this when it is created)."""
+    router = APIRouter(tags=["jobs"])
+    form = purify_form()
+    names = purifiers.names()
+
+    async def purify(
+        *,
+        response: Response,
+        file: UploadFile,
+        method: str,
+        idempotency_key: str | None,
+        settings: Settings,
+        conn: Redis,
+        gate: PixelGate,
+        **values: Any,
+    ) -> JobAccepted:
+        spec = purifiers.get(method)
+        cap = values.get("max_iterations")
+        if spec.iterative and cap is not None and cap > settings.max_dip_iterations:
+            raise InvalidParameter(f"max_iterations={cap} exceeds the limit of {settings.max_dip_iterations}")
+        job = PurifyJob(method=method, params=form.resolve(spec, values))
+        async with gate.hold(await declared_pixels([file])):  # decoded only to be checked, then dropped
+            data, _ = await read_image(file, settings)
+        return await queue_job(
+            response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+
+    help_text = "The purifier: " + "; ".join(f"`{s.name}`: {s.description}" for s in purifiers.PURIFIERS_REGISTRY)
+    own = [
+        ("response", Response, inspect.Parameter.empty),
+        ("file", Annotated[UploadFile, File(description="The image to purify.")], inspect.Parameter.empty),
+        ("method", Annotated[Literal[tuple(names)], Form(description=help_text + ".")], names[0]),  # type: ignore[misc]
+        ("idempotency_key", IdempotencyKey, None),
+        ("settings", Settings, Depends(get_app_settings)),
+        ("conn", Redis, Depends(get_redis)),
+        ("gate", PixelGate, Depends(get_pixel_gate)),
+    ]
+    kw = inspect.Parameter.KEYWORD_ONLY
+    purify.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own] + form.parameters()
+    )
+    router.add_api_route(
+        "/purify",
+        purify,
+        methods=["POST"],
+        response_model=JobAccepted,
+        status_code=202,
+        summary="Queue a purification job",
+        dependencies=[Depends(form_fields(purify_fields()))],
+        responses={
+            200: {
+                "description": "The job an earlier request with the same Idempotency-Key created",
+                "model": JobAccepted,
+            },
+            **problem_responses(409, 413, 415, 422, 503),
+        },
+    )
+    return router

@@ -1,0 +1,51 @@
+"""The purifier registry: one ``PurifierSpec`` per purification defence, declared beside its function
+(docs/CONTRIBUTING.md).
+
+Every purifier is ``fn(x, *, <its parameters>, progress=None, should_stop=None) -> PurifyResult`` on
+N x 3 x H x W images in [0, 1]. One that also takes ``runtime`` is given the worker's DIP engine settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from models.methods import Method, Registry
+
+
+@dataclass(frozen=True)
+class PurifierSpec(Method):
+    """A purifier's declaration.
+
+    ``iterative``: an optimisation whose cost grows with pixels and steps (DIP). The service runs it at a bounded
+    working size (DFG_PURIFY_MAX_SIDE, as the paper's 512 x 512) and scales the result back, records where it
+    ended, and caps ``max_iterations`` at DFG_MAX_DIP_ITERATIONS. ``batchable``: compatible queued jobs (equal
+    parameters, equal working size) may run in one batch, one independent run per image.
+    """
+
+    iterative: bool = False
+    batchable: bool = False
+
+    kind: ClassVar[str] = "purifier"
+
+
+PURIFIERS_REGISTRY: Registry[PurifierSpec] = Registry("purification method")
+
+
+def register(spec: PurifierSpec) -> PurifierSpec:
+    for hook in ("progress", "should_stop"):
+        if not spec.takes(hook):
+            raise ValueError(f"purifier {spec.name!r}: {spec.fn.__name__} must take {hook}=")
+    return PURIFIERS_REGISTRY.register(spec)
+
+
+def get(name: str) -> PurifierSpec:
+    return PURIFIERS_REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    return PURIFIERS_REGISTRY.names()
+
+
+def unregister(name: str) -> None:
+    PURIFIERS_REGISTRY.unregister(name)
