@@ -25,17 +25,32 @@ class FormField:
 
     name: str
     declarations: list[tuple[str, Param]] = field(default_factory=list)
+    owners: dict[str, Method] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
         return [m for m, _ in self.declarations]
+
+    def defaults(self) -> list[tuple[str, str]]:
+        out = []
+        for method, p in self.declarations:
+            if p.default_doc is not None:
+                out.append((method, p.default_doc))
+                continue
+            value = self.owners[method].default_of(p) if method in self.owners else p.default
+            out.append((method, "the preset's" if value is None else str(value)))
+        return out
 
     def annotation(self) -> Any:
         first = self.declarations[0][1]
         kinds = {p.kind for _, p in self.declarations}
         if len(kinds) > 1:
             raise ValueError(f"form field {self.name!r} is declared with different types by {self.methods}")
-        description = f"{first.description} ({', '.join(self.methods)})."
+        description = (
+            f"{first.description[:1].upper()}{first.description[1:]}. "
+            + "; ".join(f"{m}: default {d}" for m, d in self.defaults())
+            + " (docs/METHODS.md)."
+        )
         if first.kind is str:
             choices = tuple(dict.fromkeys(c for _, p in self.declarations for c in p.choices or ()))
             return Annotated[Literal[choices] | None, Form(description=description)]  # type: ignore[valid-type]
@@ -94,10 +109,12 @@ def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset()
     for m in methods:
         declared = list(m.public_params)
         if m.presets:
-            declared.insert(0, Param("preset", str, f"{m.name} preset", choices=tuple(m.presets)))
+            declared.insert(0, Param("preset", str, "the base values to start from", choices=tuple(m.presets)))
         for p in declared:
             if p.field in skip:
                 continue
-            fields.setdefault(p.field, FormField(p.field)).declarations.append((m.name, p))
+            entry = fields.setdefault(p.field, FormField(p.field))
+            entry.declarations.append((m.name, p))
+            entry.owners[m.name] = m
             keywords[(m.name, p.field)] = p.name
     return MethodForm(fields=fields, keywords=keywords)

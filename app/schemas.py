@@ -94,3 +94,26 @@ class JobInfo(BaseModel):
 class JobCancelled(BaseModel):
     id: str
     status: str
+
+
+class AttackResult(BaseModel):
+    """A synchronous attack's answer (a queued one's job `result` has the same fields, without `adversarial`)."""
+
+    method: str
+    save_format: Literal["png", "jpeg75"]
+    label_before: Literal["fake", "real"] = Field(description="The target's label of the clean image.")
+    label_after: Literal["fake", "real"] = Field(description="The target's label of the delivered file.")
+    p_fake_before: float
+    p_fake_after: float = Field(description="The target's p_fake of the delivered file (what /detect says of it).")
+    l2: float = Field(description="L2 norm of delivered - clean, in [0, 1] pixel units.")
+    linf: float
+    psnr: float | None = Field(description="dB; null when the delivered image equals the input.")
+    iterations: int = Field(description="Optimisation steps actually run.")
+    success: bool = Field(description="The target's label of the delivered file differs from the clean one's.")
+    source_p_fake_before: float | None = Field(description="Black-box runs: the crafting detector's p_fake.")
+    source_p_fake_after: float | None
+    target: ModelRef
+    source: ModelRef
+    adversarial: str = Field(description="The delivered file, base64 (PNG, or JPEG for jpeg75).")
+    adversarial_media_type: Literal["image/png", "image/jpeg"]
+    perturbation: str = Field(description="The perturbation magnified to full range around mid-grey, base64 PNG.")

@@ -199,12 +199,14 @@ class Method:
     def default_of(self, p: Param) -> Any:
         """A parameter's value when a request leaves it out: the default preset's, else its declared default,
         else the function's own."""
+        if self.presets and p.name == "preset":
+            return self.default_preset
         if self.presets and self.default_preset is not None and p.name in self.presets[self.default_preset]:
             return self.presets[self.default_preset][p.name]
         if p.default is not None:
             return p.default
-        own = inspect.signature(self.fn).parameters[p.name].default
-        return None if own is inspect.Parameter.empty else own
+        own = inspect.signature(self.fn).parameters.get(p.name)
+        return None if own is None or own.default is inspect.Parameter.empty else own.default
 
     def check(self, values: Mapping[str, Any], *, by_field: bool = False) -> dict[str, Any]:
         """Validate the values a function was called with (each declared one that is present), then the cross

@@ -19,7 +19,7 @@ from app.errors import InvalidParameter, problem_responses
 from app.forms import MethodForm, method_form
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
-from app.schemas import JobAccepted
+from app.schemas import AttackResult, JobAccepted
 from app.uploads import form_fields, read_image
 from core.jobs import AttackJob
 from core.settings import Settings
@@ -142,6 +142,7 @@ def build_router() -> APIRouter:
         methods=["POST"],
         summary="Craft an adversarial example against a detector (white-box, or black-box transfer from `source`)",
         responses={
+            200: {"description": "The attack ran within the synchronous budget", "model": AttackResult},
             202: {
                 "description": "Above the synchronous step budget (steps counted at 512 x 512 pixels): queued as a job",
                 "model": JobAccepted,

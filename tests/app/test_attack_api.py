@@ -251,3 +251,18 @@ def test_a_large_image_counts_as_more_steps(client: TestClient) -> None:
     assert Image.open(io.BytesIO(client.get(info["result_url"]).content)).size == (1024, 1024)
     # FGSM is one step: queued only when its image is over 40 x the reference size (not here)
     assert client.post("/attack", files={"file": ("big.png", big)}, data={"method": "fgsm"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "data", [{"method": "fgsm"}, {"method": "cw_l2", "max_iterations": "5", "save_format": "jpeg75"}]
+)
+def test_a_synchronous_answer_is_what_its_openapi_schema_says(client: TestClient, data: dict[str, str]) -> None:
+    from app.schemas import AttackResult
+
+    body = client.post("/attack", files={"file": ("g.png", image())}, data=data).json()
+    parsed = AttackResult.model_validate(body)
+    assert set(body) == set(AttackResult.model_fields), set(body) ^ set(AttackResult.model_fields)
+    assert parsed.adversarial_media_type == ("image/jpeg" if data.get("save_format") else "image/png")
+    spec = client.get("/openapi.json").json()
+    ok = spec["paths"]["/attack"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/AttackResult"}
