@@ -15,14 +15,15 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 # Layer 2: the other dependencies, resolved from pyproject.toml alone, so editing code does not
 # reinstall them. Empty package stubs let pip build the metadata; the real code comes next.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app workers models deepfake_guard \
-    && touch app/__init__.py workers/__init__.py models/__init__.py deepfake_guard/__init__.py \
+RUN mkdir -p app core workers models deepfake_guard \
+    && touch app/__init__.py core/__init__.py workers/__init__.py models/__init__.py deepfake_guard/__init__.py \
     && pip install . \
     && pip uninstall -y deepfake-guard \
-    && rm -rf app workers models deepfake_guard build ./*.egg-info
+    && rm -rf app core workers models deepfake_guard build ./*.egg-info
 
 # Layer 3: the code and the demo detectors (models/demo_checkpoints, package data).
 COPY app ./app
+COPY core ./core
 COPY workers ./workers
 COPY models ./models
 COPY deepfake_guard ./deepfake_guard

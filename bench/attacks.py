@@ -145,20 +145,32 @@ def bench_attack(
     row["batched_over_loop"] = row["ours_batched_img_s"] / row["ours_loop_img_s"]
     if name == CW_L2.name:
         row["ours_success"] = success_rate(model, ours_adv[0], y)
-    counted = Counted(model)
-    peer = theirs(name, counted, args.cw_iters)
-    if peer is not None:
-        peer(counted, x[:2], y[:2])
-        counted.calls = 0
-        peer_adv: list[Tensor] = []
-        row["torchattacks_img_s"] = len(x) / seconds(lambda: peer(counted, x, y), device, repeats, keep=peer_adv)
-        row["ours_over_torchattacks"] = row["ours_batched_img_s"] / row["torchattacks_img_s"]
+    # The peer twice: as it runs by default (its backward also computes the weights' gradients, which ours never
+    # asks for), and with the weights frozen on its side, which leaves the attack loops themselves to compare.
+    for key, frozen in (("", False), ("_frozen", True)):
+        counted = Counted(model)
+        peer = theirs(name, counted, args.cw_iters)
+        if peer is None:
+            break
+        flags = [p.requires_grad for p in model.parameters()]
+        if frozen:
+            model.requires_grad_(False)
+        try:
+            peer(counted, x[:2], y[:2])
+            counted.calls = 0
+            peer_adv: list[Tensor] = []
+            img_s = len(x) / seconds(lambda: peer(counted, x, y), device, repeats, keep=peer_adv)  # noqa: B023
+        finally:
+            for p, flag in zip(model.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+        row[f"torchattacks{key}_img_s"] = img_s
+        row[f"ours_over_torchattacks{key}"] = row["ours_batched_img_s"] / img_s
         if name == CW_L2.name:
-            row["torchattacks_iterations"] = counted.calls // repeats
-            row["torchattacks_success"] = success_rate(model, peer_adv[0], y)
-            per_it = row["ours_batched_img_s"] * args.cw_iters
-            row["ours_over_torchattacks_per_iteration"] = per_it / (
-                row["torchattacks_img_s"] * max(row["torchattacks_iterations"], 1)
+            ran = counted.calls // repeats
+            row[f"torchattacks{key}_iterations"] = ran
+            row[f"torchattacks{key}_success"] = success_rate(model, peer_adv[0], y)
+            row[f"ours_over_torchattacks{key}_per_iteration"] = (row["ours_batched_img_s"] * args.cw_iters) / (
+                img_s * max(ran, 1)
             )
     return row
 
@@ -178,7 +190,8 @@ def bench_model(
 
 HEADER = (
     f"{'model':<28} {'attack':<7} {'iters':>5} {'batched':>9} {'batch-1':>9} {'t.attacks':>9} "
-    f"{'batch/loop':>10} {'ours/t.a.':>9}   (images/s; CW: t.a. iterations run, ratio per it, success)"
+    f"{'batch/loop':>10} {'ours/t.a.':>9}   (images/s; ours / t.a. with its weights frozen; CW: t.a. iterations"
+    " run, ratio per it, success)"
 )
 
 
@@ -191,10 +204,13 @@ def _format(row: dict[str, Any]) -> str:
         f"{num(row['ours_loop_img_s'], '9.1f')} {num(row['torchattacks_img_s'], '>9.1f')} "
         f"{num(row['batched_over_loop'], '>9.2f')}x {num(row['ours_over_torchattacks'], '>8.2f')}x"
     )
+    if "ours_over_torchattacks_frozen" in row:
+        line += f" frozen t.a. {row['ours_over_torchattacks_frozen']:.2f}x"
     if "torchattacks_iterations" in row:
         line += (
             f"   t.a. ran {row['torchattacks_iterations']} it,"
             f" per it {row['ours_over_torchattacks_per_iteration']:.2f}x"
+            f" (frozen {row['ours_over_torchattacks_frozen_per_iteration']:.2f}x)"
             f", success ours {row['ours_success']:.2f} t.a. {row['torchattacks_success']:.2f}"
         )
     elif "ours_success" in row:

@@ -106,6 +106,10 @@ def test_attacks_bench_counts_the_peer_iterations(tmp_path: Path, gpu_machine_si
     cw = [r for r in report["rows"] if r["attack"] == "cw_l2"]
     assert cw and all(1 <= r["torchattacks_iterations"] <= 4 for r in cw)
     assert all(0.0 <= r["ours_success"] <= 1.0 and r["ours_over_torchattacks_per_iteration"] > 0 for r in cw)
+    # The peer also ran with its weights frozen (its speed-up then comes from the loop alone).
+    assert all(1 <= r["torchattacks_frozen_iterations"] <= 4 for r in cw)
+    assert all(r["ours_over_torchattacks_frozen_per_iteration"] > 0 for r in report["rows"] if r in cw)
+    assert all(r["ours_over_torchattacks_frozen"] > 0 for r in report["rows"])
 
 
 def test_detect_bench_reports_both_ratios(tmp_path: Path, gpu_machine_site: Path) -> None:

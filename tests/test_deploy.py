@@ -50,3 +50,15 @@ def test_compose_gives_workers_gpus_and_redis_persistence() -> None:
     assert "--appendonly" in cfg["services"]["redis"]["command"]
     assert cfg["services"]["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert all("healthcheck" in cfg["services"][s] for s in ("redis", "api", "worker"))
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """A package left out of the Dockerfile installs nowhere in the image (core/ was, once)."""
+    import tomllib
+
+    packages = [p.rstrip("*") for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]]  # fmt: skip
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name in packages:
+        assert f"COPY {name} ./{name}" in dockerfile, name
+        assert f"touch {name}/__init__.py" in dockerfile or f" {name}/__init__.py" in dockerfile, name
