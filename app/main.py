@@ -12,8 +12,9 @@ from redis import Redis
 
 from app.detection import DetectionService
 from app.errors import install_error_handlers
+from app.metrics import ApiMetrics, HttpMetricsMiddleware, RedisCollector
 from app.pixels import PixelGate
-from app.routes import attack, detect, health, jobs, purify
+from app.routes import attack, detect, health, jobs, metrics, page, purify
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.detection = DetectionService(
             zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision
         )
+        app.state.detection.batcher.on_batch = app.state.metrics.observe_detect_batch
         app.state.redis = redis_client(settings)
         try:
             yield
@@ -68,12 +70,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=package_version(),
         summary="Detect deepfake images, red-team the detectors, and purify adversarial inputs.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead of a CDN: app/routes/page.py
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = ApiMetrics()
+    app.state.metrics.registry.register(RedisCollector(app.state))
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics, router_app=app)
     app.state.pixel_gate = PixelGate(
         settings.pixels_in_flight, wait_s=settings.pixels_wait_s, retry_after_s=settings.retry_after_s
     )
     install_error_handlers(app)
-    for router in (health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router):
+    routers = (health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router, metrics.router)
+    for router in routers:
         app.include_router(router)
+    page.install(app)
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class MicroBatcher:
         self._deliverer.start()
         self.batches_run = 0
         self.images_run = 0
+        #: Called after each forward pass with the detector's name and the images in it (the API's metrics).
+        self.on_batch: Callable[[str, int], None] | None = None
 
     def submit(self, loaded: LoadedCheckpoint, batch: Tensor) -> Future[list[float]]:
         item = _Item(loaded, batch)
@@ -115,4 +118,6 @@ class MicroBatcher:
             probs = torch.softmax(logits, dim=1)[:, FAKE_INDEX].cpu().tolist()
         self.batches_run += 1
         self.images_run += batch.shape[0]
+        if self.on_batch is not None:
+            self.on_batch(loaded.name, int(batch.shape[0]))
         return [float(p) for p in probs]

@@ -33,9 +33,9 @@ def _compose_config(*args: str) -> str:
     return proc.stdout
 
 
-def test_compose_file_is_valid_and_has_the_three_services() -> None:
+def test_compose_file_is_valid_and_has_its_services() -> None:
     services = set(_compose_config("--services").split())
-    assert services == {"redis", "api", "worker"}
+    assert services == {"redis", "api", "worker", "prometheus"}
 
 
 def test_compose_gives_workers_gpus_and_redis_persistence() -> None:
@@ -62,3 +62,27 @@ def test_the_image_copies_every_package_the_project_installs() -> None:
     for name in packages:
         assert f"COPY {name} ./{name}" in dockerfile, name
         assert f"touch {name}/__init__.py" in dockerfile or f" {name}/__init__.py" in dockerfile, name
+
+
+def test_prometheus_scrapes_every_api_replica_at_metrics() -> None:
+    import json
+
+    import yaml
+
+    from app.routes.metrics import router
+    from core.settings import Settings
+
+    cfg = json.loads(_compose_config("--format", "json"))
+    prometheus, api = cfg["services"]["prometheus"], cfg["services"]["api"]
+    mounts = {v["target"]: Path(v["source"]) for v in prometheus["volumes"]}
+    config_file = mounts["/etc/prometheus/prometheus.yml"]
+    assert config_file == ROOT / "deploy" / "prometheus.yml"
+    assert f"--config.file={'/etc/prometheus/prometheus.yml'}" in prometheus["command"]
+    scrape = yaml.safe_load(config_file.read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and "/metrics" in {r.path for r in router.routes}  # type: ignore[attr-defined]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["api"] and sd["type"] == "A"
+    assert sd["port"] == int(api["environment"]["DFG_PORT"]) == api["ports"][0]["target"]
+    timeout_s = int(scrape["global"]["scrape_timeout"].rstrip("s"))
+    assert timeout_s > Settings().redis_timeout_s  # a slow Redis gives dfg_redis_up 0, not a failed scrape

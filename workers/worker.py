@@ -11,18 +11,19 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.worker import WorkerStatus
 
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
-from workers import context
+from workers import context, metrics
 
 log = logging.getLogger("deepfake_guard.worker")
 
@@ -59,13 +60,32 @@ class GuardWorker(SimpleWorker):
         execution = self.prepare_execution(job)
         done = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, done), name=f"heartbeat-{job.id}", daemon=True)
+        if int(job.meta.get("attempts", 0)) > 0:  # an earlier attempt began: whoever ended it, this is a retry
+            metrics.record(self.connection, job, "retried")
         beat.start()
+        started = time.monotonic()
         try:
-            self.perform_job(job, queue, execution)
+            succeeded = self.perform_job(job, queue, execution)
         finally:
             done.set()
             beat.join()
+        self._record_outcome(job, succeeded, time.monotonic() - started)
         self.set_state(WorkerStatus.IDLE)
+
+    def _record_outcome(self, job: Job, succeeded: bool, seconds: float) -> None:
+        """Figures for /metrics (workers/metrics.py), from the status RQ has just given the attempt."""
+        if succeeded:
+            metrics.record(self.connection, job, "finished", seconds=seconds)
+            return
+        status = job.get_status(refresh=False)
+        if status in (JobStatus.FAILED, JobStatus.STOPPED):
+            metrics.record(self.connection, job, str(status.value))
+        # else RQ re-queued it: counted as "retried" when the next attempt begins
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        # Present for /metrics' live-worker gauge from start to exit, idle or busy (workers/metrics.py).
+        with metrics.Presence(self.connection, self.name, self.heartbeat_s):
+            return bool(super().work(*args, **kwargs))
 
 
 def build_worker(settings: Settings, conn: Redis, zoo: Zoo) -> GuardWorker:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.deps import get_app_settings, get_detection, get_pixel_gate
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
+from app.metrics import ApiMetrics, get_api_metrics
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
 from app.uploads import form_fields, read_images
@@ -35,6 +36,7 @@ async def detect(
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
     gate: PixelGate = Depends(get_pixel_gate),
+    api_metrics: ApiMetrics = Depends(get_api_metrics),
 ) -> DetectResponse:
     if len(file) > settings.max_files:
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
@@ -43,6 +45,8 @@ async def detect(
         images = await read_images(file, settings)
         scores = await service.score(loaded, images)
         del images
+    api_metrics.detect_images.labels(loaded.name).inc(len(scores))
+    api_metrics.detect_request_images.observe(len(scores))
     ref = ModelRef(name=loaded.name, sha256=loaded.sha256)
     return DetectResponse(
         model=ref,
