@@ -28,6 +28,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Head sizes a detector may have: 2 logits (softmax) or 1 (sigmoid, adapted by ``SigmoidAdapter``).
 LOGITS: tuple[int, int] = (1, 2)
 PREFIXES: tuple[str, str] = ("torchvision", "timm")
+_TV_LIST = "torchvision.models.list_models(module=torchvision.models)"
+_TIMM_LIST = "timm.list_models()"
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,8 @@ def get(name: str) -> ArchitectureSpec:
     if sep and prefix == "timm":
         return _timm_spec(inner)
     raise ValueError(
-        f"unknown architecture {name!r}; choose one of {sorted(_REGISTRY)}, or 'torchvision:NAME' "
-        f"(names: registry.library_names('torchvision')) or 'timm:NAME' (names: registry.library_names('timm'))"
+        f"unknown architecture {name!r}; choose one of {sorted(_REGISTRY)}, 'torchvision:NAME' (NAME from "
+        f"{_TV_LIST}) or 'timm:NAME' (NAME from {_TIMM_LIST})"
     )
 
 
@@ -134,7 +136,7 @@ def _torchvision_spec(name: str) -> ArchitectureSpec:
     # segmentation, video and optical-flow models, whose outputs are not class logits.
     choices = tvm.list_models(module=tvm)
     if name not in choices:
-        raise _unknown("torchvision", name, choices, "registry.library_names('torchvision')")
+        raise _unknown("torchvision", name, choices, _TV_LIST)
     builder = tvm.get_model_builder(name)
     # The weights enum is metadata (preset sizes, no download): its eval crop is the native input size.
     crop = tvm.get_model_weights(name).DEFAULT.transforms.keywords.get("crop_size", 224)
@@ -156,7 +158,7 @@ def _timm_spec(name: str) -> ArchitectureSpec:
     import timm
 
     if not timm.is_model(name):
-        raise _unknown("timm", name, timm.list_models(), "registry.library_names('timm')")
+        raise _unknown("timm", name, timm.list_models(), _TIMM_LIST)
     cfg = timm.get_pretrained_cfg(name)
     size = tuple(cfg.input_size[-2:]) if cfg is not None else (224, 224)
     mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
