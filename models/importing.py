@@ -238,7 +238,10 @@ def validate(detector: Detector, logits: int, *, seed: int = 0) -> dict[str, Any
         raise DetectorImportError("the backbone gives non-finite logits on the probe images")
     canonical = detector.classify(prepared)
     margin = (canonical[:, FAKE_INDEX] - canonical[:, 1 - FAKE_INDEX]).sum()
-    (grad,) = torch.autograd.grad(margin, x)
+    # A model whose output ignores its input gives no gradient at all: that is a zero gradient, too.
+    grad = torch.autograd.grad(margin, x, allow_unused=True)[0] if margin.requires_grad else None
+    if grad is None:
+        grad = torch.zeros_like(x)
     norm = float(grad.norm())
     if not torch.isfinite(grad).all() or norm == 0.0:
         raise DetectorImportError(
