@@ -51,11 +51,11 @@ def raw_throughput(loaded: LoadedCheckpoint, batch: int, size: int, device: torc
     use_bf16 = device.type == "cuda"
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
         for _ in range(3):
-            loaded.detector.backbone(x)
+            loaded.detector.classify(x)
         sync(device)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            loaded.detector.backbone(x).float().softmax(1)[:, 0].cpu()
+            loaded.detector.classify(x).float().softmax(1)[:, 0].cpu()
             n += batch
         sync(device)
     return n / (time.perf_counter() - t0)
@@ -104,12 +104,12 @@ def latency(
     fwd, req = [], []
     with torch.inference_mode():
         for _ in range(5):
-            loaded.detector.backbone(x)
+            loaded.detector.classify(x)
             one_request(loaded, batcher, image)
         for _ in range(n):
             sync(device)
             t0 = time.perf_counter()
-            loaded.detector.backbone(x).softmax(1)[:, 0].cpu()
+            loaded.detector.classify(x).softmax(1)[:, 0].cpu()
             fwd.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             one_request(loaded, batcher, image)

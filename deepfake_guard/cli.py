@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("deepfake_guard.commands.worker", "run an RQ worker that executes purification and attack jobs"),
     "make-demo-data": ("deepfake_guard.commands.make_demo_data", "write the offline demo ImageFolder dataset"),
     "train": ("deepfake_guard.commands.train", "train a detector on an ImageFolder and write a checkpoint"),
+    "import-detector": (
+        "deepfake_guard.commands.import_detector",
+        "import a detector's weights (safetensors or state dict) as a served checkpoint",
+    ),
     "attack": ("deepfake_guard.commands.attack", "attack a detector on an image or a folder of images"),
     "purify": ("deepfake_guard.commands.purify", "purify an image locally (no server needed)"),
     "methods": ("deepfake_guard.commands.methods_list", "list the attacks and purifiers with their parameters"),
@@ -50,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    args.cli_argv = argv  # the command as given, for provenance (sys.argv is the caller's when argv is passed)
     return int(importlib.import_module(COMMANDS[args.command][0]).run(args))
 
 

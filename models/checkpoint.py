@@ -2,6 +2,11 @@
 
 ``NAME.safetensors`` holds the detector's state dict; ``NAME.json`` holds the architecture, input size,
 class names, normalisation and provenance (dataset, seed, exact command, metrics).
+
+Format 2 adds what a detector brought from elsewhere needs (``models.importing``): ``fake_index`` (the fake
+class's index in the backbone's own output; for a 1-logit head, 1 means the sigmoid scores ``fake``) and
+``resize`` (``models.detector.RESIZE_MODES``). Format-1 files have neither and load as before: 2-logit heads
+with fake at 0, 1-logit heads whose sigmoid scores fake, whole-image resize.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import registry
-from models.detector import CLASS_NAMES, Detector, SigmoidAdapter
+from models.detector import CLASS_NAMES, FAKE_INDEX, RESIZE_MODES, Detector
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: The demo detectors that ship inside the package (served when DFG_CHECKPOINTS_DIR is unset): docs/DATA.md.
 DEMO_CHECKPOINTS = Path(__file__).resolve().parent / "demo_checkpoints"
@@ -39,22 +44,47 @@ class CheckpointMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    fake_index: int = FAKE_INDEX
+    resize: str = "resize"
+
+    def __post_init__(self) -> None:
+        if self.logits not in registry.LOGITS:
+            raise ValueError(f"logits must be one of {registry.LOGITS}, got {self.logits!r}")
+        if self.fake_index not in (0, 1):
+            raise ValueError(f"fake_index must be 0 or 1, got {self.fake_index!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is newer than this reader's {FORMAT_VERSION}; upgrade"
+            )
+
+    def semantics(self) -> dict[str, Any]:
+        """How the detector reads its input and output (what ``GET /models`` shows beside the metrics)."""
+        return {
+            "architecture": self.architecture,
+            "input_size": list(self.input_size),
+            "resize": self.resize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "logits": self.logits,
+            "fake_index": self.fake_index,
+            "class_names": list(self.class_names),
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
-            "architecture": self.architecture,
-            "input_size": list(self.input_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "class_names": list(self.class_names),
-            "logits": self.logits,
+            **self.semantics(),
             "provenance": self.provenance,
             "metrics": self.metrics,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, source: str) -> CheckpointMeta:
+        logits = data.get("logits", 2)
+        # Format 1 had no fake_index: its 2-logit heads put fake at 0 and its 1-logit heads' sigmoid scored fake.
+        legacy_fake_index = 1 if logits == 1 else FAKE_INDEX
         try:
             return cls(
                 architecture=str(data["architecture"]),
@@ -65,7 +95,9 @@ class CheckpointMeta:
                 logits=int(data.get("logits", 2)),
                 provenance=dict(data.get("provenance", {})),
                 metrics=dict(data.get("metrics", {})),
-                format_version=int(data.get("format_version", FORMAT_VERSION)),
+                format_version=int(data.get("format_version", 1)),
+                fake_index=int(data.get("fake_index", legacy_fake_index)),
+                resize=str(data.get("resize", "resize")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"{source}: malformed metadata ({exc!r})") from exc
@@ -106,6 +138,31 @@ def save(detector: Detector, path: str | Path, meta: CheckpointMeta) -> str:
     return digest
 
 
+def build(meta: CheckpointMeta, *, architecture: str | None = None) -> Detector:
+    """The randomly initialised detector that ``meta`` describes (``architecture`` overrides its name)."""
+    return registry.get(architecture or meta.architecture).build(
+        input_size=meta.input_size,
+        logits=meta.logits,
+        fake_index=meta.fake_index,
+        resize=meta.resize,
+        mean=meta.mean,
+        std=meta.std,
+    )
+
+
+def mismatch(module: torch.nn.Module, state: dict[str, torch.Tensor], arch_name: str) -> str:
+    """What keeps ``state`` from loading into ``module`` (missing, unexpected, wrong shapes); "" if it fits."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs {arch_name} {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    return _describe_mismatch(missing, unexpected, shapes)
+
+
 def _describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
     parts = []
     if missing:
@@ -135,30 +192,15 @@ def load(
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
     meta = CheckpointMeta.from_json(raw, source=str(meta_path))
     arch_name = architecture or meta.architecture
-    spec = registry.get(arch_name)
-    backbone = spec.builder()
-    if meta.logits == 1:
-        backbone = SigmoidAdapter(backbone)
-    elif meta.logits != 2:
-        raise CheckpointError(f"{meta_path}: logits must be 1 or 2, got {meta.logits}")
+    detector = build(meta, architecture=arch_name)
     state = load_file(str(weights), device="cpu")
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs {arch_name} {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or shapes:
+    problem = mismatch(detector.backbone, state, arch_name)
+    if problem:
         raise CheckpointError(
             f"checkpoint {weights.name} (trained as {meta.architecture!r}) does not fit architecture "
-            f"{arch_name!r}: {_describe_mismatch(missing, unexpected, shapes)}"
+            f"{arch_name!r}: {problem}"
         )
-    backbone.load_state_dict(state)
-    detector = Detector(
-        backbone, input_size=meta.input_size, mean=meta.mean, std=meta.std, class_names=meta.class_names
-    )
+    detector.backbone.load_state_dict(state)
     detector.eval().to(map_location)
     return LoadedCheckpoint(name=weights.stem, detector=detector, meta=meta, sha256=sha256_file(weights), path=weights)
 

@@ -114,7 +114,7 @@ class MicroBatcher:
         cuda = batch.device.type == "cuda"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and self.precision == "bf16" else nullcontext()
         with self._lock, torch.inference_mode(), autocast:
-            logits = loaded.detector.backbone(batch).float()
+            logits = loaded.detector.classify(batch).float()
             probs = torch.softmax(logits, dim=1)[:, FAKE_INDEX].cpu().tolist()
         self.batches_run += 1
         self.images_run += batch.shape[0]

@@ -96,14 +96,21 @@ def predict(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     workers: int = 0,
+    progress: ProgressFn | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(logits N x 2, labels N)`` of ``detector`` (put in eval mode) over a dataset, on CPU."""
+    """``(logits N x 2, labels N)`` of ``detector`` (put in eval mode) over a dataset, on CPU.
+
+    ``progress`` hears after each batch: ``iteration`` images done of ``max_iterations``.
+    """
     detector.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     logits, labels = [], []
+    total = len(dataset)  # type: ignore[arg-type]
     for x, y in loader:
         logits.append(detector(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
+        if progress is not None:
+            progress(Progress(sum(len(b) for b in labels), total, float("nan"), stage="predict"))
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -114,9 +121,12 @@ def evaluate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     workers: int = 0,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """``binary_metrics`` plus the mean cross-entropy ``loss`` of a detector on a dataset."""
-    logits, labels = predict(detector, dataset, batch_size=batch_size, device=device, workers=workers)
+    logits, labels = predict(
+        detector, dataset, batch_size=batch_size, device=device, workers=workers, progress=progress
+    )
     return {**binary_metrics(logits, labels), "loss": float(F.cross_entropy(logits, labels))}
 
 

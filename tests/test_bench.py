@@ -227,3 +227,12 @@ def test_summary_judges_each_target_from_the_suite_files(tmp_path: Path) -> None
     assert rows["DIP early: restoration no worse than paper"]["met"] is False  # fewer reals kept
     assert rows["/detect service >= 70% of raw batch-64 throughput"]["met"] is True
     assert any(r["met"] is None and r["figure"] == "not measured" for r in rows.values())  # no attacks file
+
+
+def test_faces_bench_times_detection_beside_the_forward_pass(tmp_path: Path, gpu_machine_site: Path) -> None:
+    report = bench("faces.py", tmp_path / "f.json", "--photo", "256", "--size", "32", "--repeats", "2",
+                   site=gpu_machine_site)  # fmt: skip
+    rows = report["rows_ms"]
+    assert {"dlib_upsample0", "dlib_upsample1", "forward_at_input", "whole_photo", "crop_faces"} <= set(rows)
+    assert len(report["faces"]) == 1  # the astronaut's face, found in the scaled photo
+    assert report["crop_faces_added_ms"] == pytest.approx(rows["crop_faces"] - rows["whole_photo"])

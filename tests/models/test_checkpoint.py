@@ -79,3 +79,42 @@ def test_zoo_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"'.*nowhere' does not exist"):
         Zoo.from_directory(tmp_path / "nowhere", torch.device("cpu"))
     assert Zoo.from_directory(tmp_path, torch.device("cpu")).names() == []  # an empty folder is a valid (empty) zoo
+
+
+def test_format_1_checkpoints_load_with_their_old_meaning() -> None:
+    root = checkpoint.DEMO_CHECKPOINTS
+    for name in ("demo-resnet18", "demo-vgg16"):
+        raw = json.loads((root / f"{name}.json").read_text())
+        assert raw["format_version"] == 1 and "fake_index" not in raw and "resize" not in raw
+        loaded = checkpoint.load(root / name)
+        assert (loaded.meta.fake_index, loaded.meta.resize, loaded.meta.logits) == (0, "resize", 2)
+        assert loaded.detector.fake_index == 0 and loaded.detector.resize == "resize"
+        assert loaded.sha256 == raw["sha256"]
+    # a format-1 1-logit head's sigmoid scored fake
+    legacy = CheckpointMeta.from_json({"architecture": "resnet18", "input_size": [8, 8], "mean": [0, 0, 0],
+                                       "std": [1, 1, 1], "logits": 1, "format_version": 1}, source="x")  # fmt: skip
+    assert legacy.fake_index == 1
+
+
+def test_semantics_roundtrip_and_newer_formats_are_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    meta = CheckpointMeta(architecture="vgg16_slim", input_size=(40, 48), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2),
+                          logits=1, fake_index=1, resize="center-crop")  # fmt: skip
+    det = checkpoint.build(meta)
+    checkpoint.save(det, tmp_path / "m", meta)
+    loaded = checkpoint.load(tmp_path / "m")
+    assert loaded.meta.semantics() == meta.semantics()
+    d = loaded.detector
+    assert (d.fake_index, d.resize, d.input_size) == (1, "center-crop", (40, 48))
+    x = torch.rand(2, 3, 30, 50)
+    with torch.no_grad():
+        assert torch.equal(det.eval()(x), loaded.detector(x))
+    raw = json.loads((tmp_path / "m.json").read_text())
+    raw["format_version"] = 3
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="format_version 3 is newer"):
+        checkpoint.load(tmp_path / "m")
+    raw["format_version"], raw["fake_index"] = 2, 5
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="fake_index must be 0 or 1, got 5"):
+        checkpoint.load(tmp_path / "m")
