@@ -9,7 +9,7 @@ by ``Method.resolve`` (the same check the function itself makes).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -101,16 +101,25 @@ class MethodForm:
             raise InvalidParameter(str(exc)) from exc
 
 
+def set_signature(
+    endpoint: Callable[..., Any], own: list[tuple[str, Any, Any]], form: MethodForm
+) -> Callable[..., Any]:
+    """Give ``endpoint`` (which takes ``**values``) the signature FastAPI reads its parameters from: the route's
+    own ``(name, annotation, default)`` ones, then the derived form fields, all keyword-only."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own] + form.parameters()
+    )
+    return endpoint
+
+
 def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset()) -> MethodForm:
     """Fields for every public parameter (and ``preset`` where a method has presets) of ``methods``, in
     registration and declaration order; ``skip`` names fields the route declares itself."""
     fields: dict[str, FormField] = {}
     keywords: dict[tuple[str, str], str] = {}
     for m in methods:
-        declared = list(m.public_params)
-        if m.presets:
-            declared.insert(0, Param("preset", str, "the base values to start from", choices=tuple(m.presets)))
-        for p in declared:
+        for p in m.request_params:
             if p.field in skip:
                 continue
             entry = fields.setdefault(p.field, FormField(p.field))

@@ -181,9 +181,16 @@ class Method:
         return tuple(p for p in self.params if p.public)
 
     @property
+    def request_params(self) -> tuple[Param, ...]:
+        """What a request may set: ``preset`` where there are presets, then the public parameters."""
+        if not self.presets:
+            return self.public_params
+        return (Param("preset", str, "the base values to start from", choices=tuple(self.presets)), *self.public_params)
+
+    @property
     def request_names(self) -> list[str]:
-        """The keyword names a request may set: the public parameters, and ``preset`` where there are presets."""
-        return (["preset"] if self.presets else []) + [p.name for p in self.public_params]
+        """The keyword names a request may set (``request_params``)."""
+        return [p.name for p in self.request_params]
 
     def base(self, preset: str | None = None) -> dict[str, Any]:
         """The values a request starts from: a preset's (the default one unless named), else the defaults."""

@@ -27,8 +27,12 @@ def job_labels(job: Job) -> tuple[str, str]:
 
 
 def dip_steps_per_second(result: Any) -> float | None:
-    """A finished DIP job's rate, from its result's ``iterations`` and ``seconds``; None for any other job."""
-    if not isinstance(result, dict) or result.get("method") != "dip":
+    """A finished DIP job's rate (any iterative purifier's: models/purify/registry.py), from its result's
+    ``iterations`` and ``seconds``; None for any other job."""
+    from models import purify as purifiers
+
+    method = result.get("method") if isinstance(result, dict) else None
+    if method not in purifiers.PURIFIERS_REGISTRY or not purifiers.get(str(method)).iterative:
         return None
     iterations, seconds = result.get("iterations"), result.get("seconds")
     if not isinstance(iterations, int) or not isinstance(seconds, int | float) or seconds <= 0 or iterations <= 0:

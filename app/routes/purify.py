@@ -10,7 +10,7 @@ from redis import Redis
 
 from app.deps import get_app_settings, get_pixel_gate, get_redis
 from app.errors import InvalidParameter, problem_responses
-from app.forms import MethodForm, method_form
+from app.forms import MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import JobAccepted
@@ -71,10 +71,7 @@ def build_router() -> APIRouter:
         ("conn", Redis, Depends(get_redis)),
         ("gate", PixelGate, Depends(get_pixel_gate)),
     ]
-    kw = inspect.Parameter.KEYWORD_ONLY
-    purify.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own] + form.parameters()
-    )
+    set_signature(purify, own, form)
     router.add_api_route(
         "/purify",
         purify,

@@ -41,31 +41,24 @@ def add_method_arguments(
     seen: dict[str, list[str]] = {}
     declared: dict[str, Param] = {}
     for m in methods:
-        params = list(m.public_params)
-        if m.presets:
-            params.insert(0, Param("preset", str, "preset", choices=tuple(m.presets)))
-        for p in params:
+        for p in m.request_params:
             if p.field in skip:
                 continue
             seen.setdefault(p.field, []).append(m.name)
             declared.setdefault(p.field, p)
     for field, p in declared.items():
         kind: Any = _bool if p.kind is bool else p.kind
-        choices = sorted({c for m in methods for q in _all(m) if q.field == field for c in q.choices or ()}) or None
+        choices = sorted({c for m in methods for q in m.request_params if q.field == field for c in q.choices or ()})
         group.add_argument(
-            _flag(field), dest=f"param_{field}", type=kind, choices=choices, default=None,
+            _flag(field), dest=f"param_{field}", type=kind, choices=choices or None, default=None,
             help=f"{p.description} ({', '.join(seen[field])})",
         )  # fmt: skip
-
-
-def _all(m: Method) -> list[Param]:
-    return list(m.public_params) + ([Param("preset", str, "preset", choices=tuple(m.presets))] if m.presets else [])
 
 
 def given_params(args: argparse.Namespace, method: Method) -> dict[str, Any]:
     """The flags a user set, by the method's keyword names; a flag the method does not take is a ValueError."""
     chosen = {k[len("param_") :]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
-    own = {p.field: p.name for p in _all(method)}
+    own = {p.field: p.name for p in method.request_params}
     stray = sorted(set(chosen) - set(own))
     if stray:
         flags = [_flag(f) for f in stray]
