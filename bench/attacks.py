@@ -31,6 +31,7 @@ from benchio import save_report
 
 from models import checkpoint, registry
 from models.attacks import CW_L2, FGSM, PGD, cw_l2, fgsm, pgd
+from models.devices import resolve_device
 
 try:
     import torchattacks
@@ -220,7 +221,7 @@ def _format(row: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch", type=int, default=16, help="batch size of the batched runs")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--cw-iters", type=int, default=None, help="CW iterations (default 100 CPU, 1000 CUDA)")
@@ -234,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     args.cw_iters = args.cw_iters or (1000 if on_gpu else 100)
     args.loop_images = args.loop_images or (16 if on_gpu else 4)

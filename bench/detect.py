@@ -28,6 +28,7 @@ from benchio import save_report
 
 from models import registry
 from models.checkpoint import CheckpointMeta, LoadedCheckpoint
+from models.devices import resolve_device
 from models.microbatch import MicroBatcher
 
 
@@ -120,7 +121,7 @@ def latency(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--arch", default=None, help="registry architecture (default: resnet50 on CUDA, resnet18 on CPU)")
     ap.add_argument(
         "--size", type=int, default=None, help="input side (default: 224 on CUDA, 64 on CPU = demo detectors)"
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     arch = args.arch or ("resnet50" if cuda else "resnet18")
     size = args.size or (224 if cuda else 64)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchio import save_report
 
 from models import faces, registry
+from models.devices import resolve_device
 
 
 def photo(side: int) -> torch.Tensor:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     detector = registry.get(args.arch).build(input_size=(args.size, args.size)).eval().to(device)
     image = photo(args.photo)

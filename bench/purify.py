@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchio import save_report
 
+from models.devices import resolve_device
 from models.images import psnr
 from models.purify import PRESETS, PURIFIERS, PURIFIERS_REGISTRY, dip_purify
 from models.purify.engine import DipRuntime
@@ -153,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    device = torch.device(name)
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     size = args.size or (512 if cuda else 128)

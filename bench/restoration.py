@@ -32,6 +32,7 @@ from benchio import save_report
 
 from models import checkpoint
 from models.detector import FAKE_INDEX, REAL_INDEX, Detector
+from models.devices import resolve_device
 from models.images import load_image_file, quantize_8bit
 from models.purify import PRESETS, PURIFIERS, PURIFIERS_REGISTRY, dip_purify
 from models.purify.engine import DipRuntime
@@ -110,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--n must be >= 1 and --eps in (0, 1), got {args.n}, {args.eps}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
 
     loaded = checkpoint.load(args.checkpoint)
     model = loaded.detector.to(device).eval()
