@@ -25,8 +25,8 @@ __all__ = ["Zoo", "resolve_device"]
 
 log = logging.getLogger("deepfake_guard.zoo")
 
-#: What tells a changed checkpoint from the one loaded: (size, mtime_ns) of its weights and of its JSON.
-Stamp = tuple[int, int, int, int]
+#: What tells a changed checkpoint from the one loaded: (inode, size, mtime_ns) of its weights and of its JSON.
+Stamp = tuple[int, ...]
 #: What a checkpoint file can raise while it is loaded (a half-copied file, a metadata typo, a wrong shape).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, SafetensorError, OSError, ValueError, RuntimeError)
 
@@ -36,7 +36,7 @@ def _stamp(weights: Path) -> Stamp | None:
         w, m = weights.stat(), weights.with_suffix(".json").stat()
     except FileNotFoundError:  # removed between the listing and the stat
         return None
-    return (w.st_size, w.st_mtime_ns, m.st_size, m.st_mtime_ns)
+    return (w.st_ino, w.st_size, w.st_mtime_ns, m.st_ino, m.st_size, m.st_mtime_ns)
 
 
 class Zoo:
