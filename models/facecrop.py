@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from models.detector import Detector
+from models.data.folder import ImageFolderDataset, TensorFolder, list_images, load_image_folder, read_image
+from models.detector import CLASS_NAMES, Detector
 from models.faces import Box, crop, detect_faces, paste
 
 #: The values of ``crop``: ``none`` scores the whole photo (resized inside the detector), ``faces`` each face.
@@ -128,3 +131,72 @@ def purify_faces(x: Tensor, boxes: Sequence[Box], purify: Callable[[Tensor], Ten
 def find_faces(image: Tensor) -> list[Box]:
     """``detect_faces`` with the service's settings (docs/FACES.md): dlib at upsample 1, scores above 0.5."""
     return detect_faces(image)
+
+
+class CropFolder(Dataset[tuple[Tensor, int]]):
+    """An ImageFolder (``root/fake``, ``root/real``) as a detector sees it, for ``train`` and ``evaluate``.
+
+    ``crop="none"``: each image brought to the input by the detector's own ``fit`` (its resize mode).
+    ``crop="faces"``: one sample per face found (at construction, once), cropped at the input size by the
+    detector's resize mode, labelled as its photo; photos without a face are skipped and listed in ``no_face``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        detector: Detector,
+        *,
+        crop: str = "none",
+        find: Callable[[Tensor], list[Box]] = find_faces,
+    ) -> None:
+        self.root = Path(root)
+        self.detector = detector
+        self.crop = check_crop(crop)
+        self.items: list[tuple[Path, Box | None, int]] = []
+        self.no_face: list[Path] = []
+        for path, label in list_images(self.root):
+            if self.crop == "none":
+                self.items.append((path, None, label))
+                continue
+            boxes = find(read_image(path))
+            if not boxes:
+                self.no_face.append(path)
+            self.items.extend((path, b, label) for b in boxes)
+        if not self.items:
+            raise ValueError(f"{self.root} holds no {'faces' if self.crop == 'faces' else 'images'} to read")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, box, label = self.items[index]
+        x = read_image(path)
+        with torch.no_grad():
+            if box is None:
+                return self.detector.fit(x[None])[0], label
+            return crop(x, box, self.detector.input_size, mode=self.detector.resize), label
+
+    @property
+    def labels(self) -> Tensor:
+        return torch.tensor([label for _, _, label in self.items], dtype=torch.long)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = torch.bincount(self.labels, minlength=len(CLASS_NAMES))
+        return {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)}
+
+
+def folder_for(root: str | Path, detector: Detector, *, crop: str = "none") -> ImageFolderDataset | CropFolder:
+    """What ``train`` and the evaluation sweep read: the plain resized ImageFolder when that is what the detector
+    does itself (``resize`` mode, no crop: the same pixels, as before), a ``CropFolder`` otherwise."""
+    if check_crop(crop) == "none" and detector.resize == "resize":
+        return ImageFolderDataset(root, image_size=detector.input_size)
+    return CropFolder(root, detector, crop=crop)
+
+
+def load_folder(root: str | Path, detector: Detector, *, crop: str = "none") -> TensorFolder:
+    """``folder_for`` read into memory (``evaluate``'s test split)."""
+    if check_crop(crop) == "none" and detector.resize == "resize":
+        return load_image_folder(root, image_size=detector.input_size)
+    ds = CropFolder(root, detector, crop=crop)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return TensorFolder(images=images, labels=ds.labels, paths=[p for p, _, _ in ds.items])
