@@ -215,7 +215,7 @@ def attack_in_zoo(
     the upload's boxes when the caller has found them already (found here otherwise); none is a ``NoFace``."""
     tgt = zoo.get(target)
     src = zoo.get(source) if source and source != target else None
-    face_body: dict[str, Any] = {}
+    face_body: dict[str, Any] = {"faces_before": None, "faces": None}  # the answer's fields whatever the crop
     if check_crop(crop) == "faces":
         from models.attacks.face_attack import attack_faces  # it builds on this module
 
