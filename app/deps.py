@@ -18,6 +18,8 @@ def get_app_settings(request: Request) -> Settings:
 
 def get_detection(request: Request) -> DetectionService:
     service: DetectionService | None = getattr(request.app.state, "detection", None)
+    if service is not None:  # FastAPI runs this (a plain def) in its threadpool: a new checkpoint loads off the loop
+        service.zoo.refresh(request.app.state.settings.checkpoints_reload_s)
     if service is None or len(service.zoo) == 0:
         raise ServiceUnavailable(
             f"no detectors are loaded (checkpoints_dir={request.app.state.settings.checkpoints_dir})"

@@ -10,8 +10,10 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from app.errors import UnknownModel
+from app.errors import ServiceUnavailable, UnknownModel
 from models.checkpoint import LoadedCheckpoint
+from models.facecrop import FaceVerdict, face_crops
+from models.faces import Box
 from models.microbatch import MicroBatcher
 from models.zoo import Zoo
 
@@ -38,13 +40,37 @@ class DetectionService:
         chosen = name or self.default_model
         try:
             return self.zoo.get(chosen)
-        except KeyError:
-            raise UnknownModel(f"unknown model {chosen!r}; choose one of {self.zoo.names()}", value=chosen) from None
+        except KeyError as exc:
+            if chosen == self.default_model:  # its file was removed while the service runs (models/zoo.py)
+                raise ServiceUnavailable(
+                    f"the default detector {chosen!r} (DFG_DEFAULT_MODEL) is no longer in {self.zoo.directory}; "
+                    f"name a model (one of {self.zoo.names()}), or put its checkpoint back"
+                ) from None
+            raise UnknownModel(str(exc.args[0]), value=chosen) from None
 
     def prepare(self, loaded: LoadedCheckpoint, images: list[Tensor]) -> Tensor:
         """Resize and normalise each image (any size) to the detector's input: k x 3 x h x w."""
         with torch.inference_mode():
             return torch.cat([loaded.detector.preprocess(x.unsqueeze(0).to(self.zoo.device)) for x in images])
+
+    def prepare_faces(self, loaded: LoadedCheckpoint, images: list[Tensor], boxes: list[list[Box]]) -> Tensor:
+        """Every face crop of every image, at the detector's input and normalised: (total faces) x 3 x h x w."""
+        det = loaded.detector
+        with torch.inference_mode():
+            crops = [face_crops(det, x.to(self.zoo.device), b) for x, b in zip(images, boxes, strict=True) if b]
+            return det.preprocess(torch.cat(crops)) if crops else torch.empty(0)
+
+    async def score_faces(
+        self, loaded: LoadedCheckpoint, images: list[Tensor], boxes: list[list[Box]]
+    ) -> list[list[FaceVerdict]]:
+        """Each image's faces scored on their crops (``models.facecrop``): one micro-batch for all of them."""
+        batch = await run_in_threadpool(self.prepare_faces, loaded, images, boxes)
+        probs = await asyncio.wrap_future(self.batcher.submit(loaded, batch)) if len(batch) else []
+        out, start = [], 0
+        for b in boxes:
+            out.append([FaceVerdict(box, p) for box, p in zip(b, probs[start : start + len(b)], strict=True)])
+            start += len(b)
+        return out
 
     async def score(self, loaded: LoadedCheckpoint, images: list[Tensor]) -> list[Score]:
         batch = await run_in_threadpool(self.prepare, loaded, images)

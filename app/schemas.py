@@ -13,13 +13,25 @@ class ModelRef(BaseModel):
     sha256: str
 
 
+class FaceResult(BaseModel):
+    box: tuple[int, int, int, int] = Field(
+        description="The face's square crop [x0, y0, x1, y1] in the upload's pixels (x1, y1 exclusive): dlib's box "
+        "enlarged 1.3x as FaceForensics++ crops (docs/FACES.md)."
+    )
+    p_fake: float = Field(ge=0, le=1, description="Probability of the `fake` class for this face's crop.")
+    label: Literal["fake", "real"]
+
+
 class DetectionResult(BaseModel):
     filename: str | None
     width: int
     height: int
-    p_fake: float = Field(ge=0, le=1, description="Probability of the `fake` class.")
-    label: Literal["fake", "real"]
+    p_fake: float | None = Field(
+        ge=0, le=1, description="Probability of the `fake` class; with crop=faces its most fake face's (null: no face)."
+    )
+    label: Literal["fake", "real", "no_face"] = Field(description="`no_face`: crop=faces found no face.")
     model: ModelRef
+    faces: list[FaceResult] | None = Field(None, description="crop=faces only: every face found, in reading order.")
 
 
 class DetectResponse(BaseModel):
@@ -33,7 +45,14 @@ class ModelInfo(BaseModel):
     architecture: str
     input_size: tuple[int, int]
     class_names: tuple[str, str]
-    fake_index: int
+    fake_index: int = Field(
+        description="The fake class's index in the checkpoint's own output; the service reorders the logits, so "
+        "`p_fake` is always the fake class's probability."
+    )
+    logits: int = Field(2, description="2 (softmax) or 1 (sigmoid head).")
+    resize: Literal["resize", "center-crop"] = Field("resize", description="How an image is fitted to input_size.")
+    mean: tuple[float, float, float] | None = Field(None, description="Normalisation inside the detector.")
+    std: tuple[float, float, float] | None = None
     sha256: str
     default: bool
     metrics: dict[str, Any]
@@ -102,9 +121,13 @@ class AttackResult(BaseModel):
     method: str
     save_format: Literal["png", "jpeg75"]
     label_before: Literal["fake", "real"] = Field(description="The target's label of the clean image.")
-    label_after: Literal["fake", "real"] = Field(description="The target's label of the delivered file.")
+    label_after: Literal["fake", "real", "no_face"] = Field(
+        description="The target's label of the delivered file (`no_face`: crop=faces found no face on it)."
+    )
     p_fake_before: float
-    p_fake_after: float = Field(description="The target's p_fake of the delivered file (what /detect says of it).")
+    p_fake_after: float | None = Field(
+        description="The target's p_fake of the delivered file (what /detect says of it, with the same crop)."
+    )
     l2: float = Field(description="L2 norm of delivered - clean, in [0, 1] pixel units.")
     linf: float
     psnr: float | None = Field(description="dB; null when the delivered image equals the input.")
@@ -117,3 +140,8 @@ class AttackResult(BaseModel):
     adversarial: str = Field(description="The delivered file, base64 (PNG, or JPEG for jpeg75).")
     adversarial_media_type: Literal["image/png", "image/jpeg"]
     perturbation: str = Field(description="The perturbation magnified to full range around mid-grey, base64 PNG.")
+    crop: Literal["none", "faces"] = Field("none", description="faces: the attack changed only the face boxes.")
+    faces_before: list[FaceResult] | None = Field(None, description="crop=faces: the upload's faces, as attacked.")
+    faces: list[FaceResult] | None = Field(
+        None, description="crop=faces: the faces found again on the delivered file (what /detect crop=faces says)."
+    )

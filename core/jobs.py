@@ -12,28 +12,50 @@ from typing import Any, ClassVar
 
 from core import keys
 
+#: A face box as jobs carry it: ``[x0, y0, x1, y1]`` in upload pixels (``models.faces.Box``).
+FaceBox = tuple[int, int, int, int]
+
+
+def _crop_json(crop: str, faces: tuple[FaceBox, ...]) -> dict[str, Any]:
+    """``crop`` and ``faces`` in a job's JSON, left out when ``crop`` is ``none``: a job queued before a worker is
+    upgraded (or by an older API) reads the same either way."""
+    return {} if crop == "none" else {"crop": crop, "faces": [list(b) for b in faces]}
+
+
+def _pop_crop(rest: dict[str, Any]) -> dict[str, Any]:
+    crop = str(rest.pop("crop", "none"))
+    faces = tuple(tuple(int(v) for v in b) for b in rest.pop("faces", None) or ())
+    return {"crop": crop, "faces": faces}
+
 
 @dataclass(frozen=True)
 class PurifyJob:
-    """Purify one image with ``method`` (a registered purifier) and its keyword arguments ``params``."""
+    """Purify one image with ``method`` (a registered purifier) and its keyword arguments ``params``.
+
+    ``crop="faces"`` purifies the face boxes ``faces`` (found by the API on the upload) and pastes them back."""
 
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+    crop: str = "none"
+    faces: tuple[FaceBox, ...] = ()
 
     KIND: ClassVar[str] = "purify"
     FUNC: ClassVar[str] = keys.PURIFY_FUNC
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, **self.params}
+        return {"method": self.method, **self.params, **_crop_json(self.crop, self.faces)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PurifyJob:
         rest = dict(data)
-        return cls(method=str(rest.pop("method")), params=rest)
+        method = str(rest.pop("method"))
+        return cls(method=method, **_pop_crop(rest), params=rest)  # type: ignore[arg-type]
 
     def batch_signature(self) -> tuple[Any, ...]:
-        """Jobs batch together only when every setting matches (a DIP seed included: it fixes the network)."""
-        return (self.method, tuple(sorted(self.params.items())))
+        """Jobs batch together only when every setting matches (a DIP seed included: it fixes the network); a
+        crop=faces job works on its own boxes and batches with none."""
+        own = (self.crop, self.faces) if self.crop != "none" else ()
+        return (self.method, tuple(sorted(self.params.items())), *own)
 
 
 @dataclass(frozen=True)
@@ -46,22 +68,24 @@ class AttackJob:
     source: str
     save_format: str
     params: dict[str, Any] = field(default_factory=dict)
+    crop: str = "none"
+    faces: tuple[FaceBox, ...] = ()
 
     KIND: ClassVar[str] = "attack"
     FUNC: ClassVar[str] = keys.ATTACK_FUNC
     _OWN: ClassVar[tuple[str, ...]] = ("method", "target", "source", "save_format")
 
     def __post_init__(self) -> None:
-        clash = sorted(set(self.params) & set(self._OWN))
+        clash = sorted(set(self.params) & {*self._OWN, "crop", "faces"})
         if clash:
             raise ValueError(f"attack parameters may not be named {clash}")
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "target": self.target, "source": self.source,
-                "save_format": self.save_format, **self.params}  # fmt: skip
+                "save_format": self.save_format, **self.params, **_crop_json(self.crop, self.faces)}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttackJob:
         rest = dict(data)
         own = {k: str(rest.pop(k)) for k in cls._OWN}
-        return cls(**own, params=rest)
+        return cls(**own, **_pop_crop(rest), params=rest)  # type: ignore[arg-type]

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         "package, so an installed `deepfake-guard serve` works from any folder.",
     )
     default_model: str = Field("demo-resnet18", description="Detector used when a request names none.")
+    checkpoints_reload_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="The API and the workers rescan DFG_CHECKPOINTS_DIR at most this often (seconds; 0: before every "
+        "request and job) and load added or replaced checkpoints, drop removed ones: no restart needed.",
+    )
     detect_max_batch: int = Field(
         64, ge=1, le=1024, description="Largest batch /detect merges concurrent requests into."
     )

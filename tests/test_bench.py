@@ -236,3 +236,19 @@ def test_faces_bench_times_detection_beside_the_forward_pass(tmp_path: Path, gpu
     assert {"dlib_upsample0", "dlib_upsample1", "forward_at_input", "whole_photo", "crop_faces"} <= set(rows)
     assert len(report["faces"]) == 1  # the astronaut's face, found in the scaled photo
     assert report["crop_faces_added_ms"] == pytest.approx(rows["crop_faces"] - rows["whole_photo"])
+
+
+def test_faces_http_bench_times_crop_faces_on_detect_beside_the_forward_pass(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / "fh.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "faces_http.py"), "--photo", "256", "--size", "32", "--repeats", "2",
+         "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    rows = report["rows_ms"]
+    assert {"forward_at_input", "dlib_upsample1", "http_whole", "http_faces"} <= set(rows)
+    assert len(report["faces"]) == 1 and report["complete"] is True
+    assert report["http_crop_faces_added_ms"] == pytest.approx(rows["http_faces"] - rows["http_whole"])

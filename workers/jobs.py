@@ -20,6 +20,8 @@ from rq.job import Job
 
 from core import keys
 from core.jobs import AttackJob, PurifyJob
+from models.facecrop import NoFace, box_from_list, find_faces, label_of, most_fake, purify_faces, score_faces
+from models.faces import Box
 from models.images import decode_image, encode_png
 from models.progress import Progress, ProgressFn, StopFn
 from models.purify.registry import PurifierSpec
@@ -184,12 +186,15 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     from models import purify as purifiers
 
     ctx, job = context.get(), _current_job()
+    ctx.zoo.refresh(ctx.settings.checkpoints_reload_s)  # checkpoints added, replaced or removed (models/zoo.py)
     # A job in another job's batch shows that batch's progress (mirrored by its leader), final record included.
     _begin(ctx, job, keep_progress=dip_batches.in_a_batch(ctx, job.id))
     spec_job = PurifyJob.from_json(params)
     spec = purifiers.get(spec_job.method)
     kwargs = spec.resolve(spec_job.params)  # a job queued another way is refused here, at once (no retry)
     should_stop = _stop_check(ctx, job)
+    if spec_job.crop == "faces":
+        return _purify_faces(ctx, job, spec, spec_job, kwargs, _load_input(ctx, input_key), should_stop)
     published = dip_batches.collect(ctx, job, should_stop)
     if published is not None:  # another job's batch purified this one and stored its image
         return published
@@ -234,6 +239,82 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**common, **scores, "iterations": int(out.iterations[0]), "batched_with": None}
 
 
+def _purify_faces(
+    ctx: context.WorkerContext,
+    job: Job,
+    spec: PurifierSpec,
+    spec_job: PurifyJob,
+    kwargs: dict[str, Any],
+    x: torch.Tensor,
+    should_stop: StopFn,
+) -> dict[str, Any]:
+    """crop=faces: each face box purified on its own (an iterative purifier at most DFG_PURIFY_MAX_SIDE a side, as
+    a whole image would be) and pasted back; every pixel outside the boxes is the upload's. Never batched."""
+    boxes = [box_from_list(b) for b in spec_job.faces] or find_faces(x)
+    if not boxes:
+        raise NoFace("crop=faces: no face was found in the image")
+    progress, runs = _reporter(job), []
+    started = time.monotonic()
+
+    def one(face: torch.Tensor) -> torch.Tensor:
+        work = _fit_side(face, ctx.settings.purify_max_side) if spec.iterative else face
+        out = spec.fn(work[None].to(ctx.zoo.device), progress=progress, should_stop=should_stop, **kwargs,
+                      **_runtime_options(ctx, spec))  # fmt: skip
+        runs.append((list(work.shape[-2:]), out))
+        return out.image[0].float().cpu()
+
+    purified = purify_faces(x, boxes, one)
+    last = runs[-1][1]
+    if last.steps:
+        cap = int(last.params.get("max_iterations", last.steps))
+        _final_progress(job, iteration=last.steps, max_iterations=cap, stage=f"{spec.name} done ({last.stopped_by})")
+    png = encode_png(purified)
+    delivered = decode_image(png, max_bytes=len(png), max_pixels=x.shape[-1] * x.shape[-2])
+    after_boxes = find_faces(delivered)
+    _store_image(ctx, job.id, png)
+    return {
+        "method": spec.name,
+        "params": kwargs,
+        "crop": "faces",
+        "faces": [
+            {"box": b.as_list(), "work_size": size, "iterations": int(out.iterations[0]), "stopped_by": out.stopped_by}
+            for b, (size, out) in zip(boxes, runs, strict=True)
+        ],
+        "faces_after": [b.as_list() for b in after_boxes],
+        "work_size": None,
+        "stopped_by": last.stopped_by,
+        "iterations": sum(int(out.iterations[0]) for _, out in runs),
+        "seconds": time.monotonic() - started,
+        "batch_size": 1,
+        "batched_with": None,
+        "runtime": last.params.get("runtime"),
+        "width": int(x.shape[-1]),
+        "height": int(x.shape[-2]),
+        "detectors": _face_scores(ctx, x, boxes, delivered, after_boxes),
+    }
+
+
+def _face_scores(
+    ctx: context.WorkerContext, before: torch.Tensor, boxes: list[Box], after: torch.Tensor, after_boxes: list[Box]
+) -> dict[str, dict[str, Any]]:
+    """Each detector's verdict as /detect crop=faces gives it: the upload on its boxes, the delivered file on the
+    faces found on it again (p_fake null and label no_face where none is)."""
+    out: dict[str, dict[str, Any]] = {}
+    for loaded in ctx.zoo:
+        pb = most_fake(score_faces(loaded.detector, before, boxes))
+        faces_after = score_faces(loaded.detector, after, after_boxes)
+        pa = most_fake(faces_after)
+        out[loaded.name] = {
+            "sha256": loaded.sha256,
+            "p_fake_before": pb,
+            "p_fake_after": pa,
+            "label_before": label_of(pb),
+            "label_after": label_of(pa),
+            "faces_after": [v.to_json() for v in faces_after],
+        }
+    return out
+
+
 def _store_image(ctx: context.WorkerContext, job_id: str, png: bytes) -> None:
     ctx.conn.set(keys.result_png_key(job_id), png, ex=ctx.settings.result_ttl_s)
 
@@ -261,13 +342,15 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
 
     ctx, job = context.get(), _current_job()
     _begin(ctx, job)
+    ctx.zoo.refresh(ctx.settings.checkpoints_reload_s)  # a removed target then fails the job (LookupError)
     spec_job = AttackJob.from_json(params)
     spec = registry.get(spec_job.method)
     x = _load_input(ctx, input_key)
     outcome = attack_in_zoo(
         ctx.zoo, x, method=spec_job.method, target=spec_job.target, source=spec_job.source,
         params=spec_job.params, save_format=spec_job.save_format, progress=_reporter(job),
-        should_stop=_stop_check(ctx, job),
+        should_stop=_stop_check(ctx, job), crop=spec_job.crop,
+        faces=[box_from_list(b) for b in spec_job.faces] or None,
     )  # fmt: skip
     budget = spec.steps(spec.resolve(spec_job.params))
     ran = outcome.report.iterations

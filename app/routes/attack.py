@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
@@ -16,6 +17,7 @@ from app import jobs
 from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
+from app.faces import faces_of
 from app.forms import MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
@@ -25,9 +27,10 @@ from core.jobs import AttackJob
 from core.settings import Settings
 from models import attacks
 from models.attacks.measure import SAVE_FORMATS, attack_in_zoo
+from models.facecrop import CROP_MODES, box_from_list
 
 #: The form fields POST /attack declares itself; the rest come from the attacks' declarations.
-OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format")
+OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format", "crop")
 #: The image size at which the synchronous step budgets (DFG_PGD_SYNC_MAX_STEPS, DFG_CW_SYNC_MAX_STEPS) count.
 SYNC_REFERENCE_PIXELS = 512 * 512
 
@@ -46,11 +49,18 @@ def attack_fields() -> frozenset[str]:
     return frozenset({*OWN_FIELDS, *attack_form().fields})
 
 
+CROP_HELP = (
+    "`faces`: attack each face found (docs/FACES.md) through its crop at the detector's input size; only pixels "
+    "inside the face boxes change and the delivered file is the whole photo, judged by finding its faces again. "
+    "An image without a face is a 422."
+)
+
+
 def _run_sync(service: DetectionService, x: Tensor, job: AttackJob) -> dict[str, Any]:
     with service.lock:
         outcome = attack_in_zoo(
             service.zoo, x, method=job.method, target=job.target, source=job.source, params=job.params,
-            save_format=job.save_format,
+            save_format=job.save_format, crop=job.crop, faces=[box_from_list(b) for b in job.faces] or None,
         )  # fmt: skip
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
     return {**outcome.body, "adversarial": base64.b64encode(outcome.report.encoded).decode()}
@@ -71,6 +81,7 @@ def build_router() -> APIRouter:
         source: str | None,
         targeted: bool,
         save_format: str,
+        crop: str,
         idempotency_key: str | None,
         settings: Settings,
         service: DetectionService,
@@ -92,10 +103,12 @@ def build_router() -> APIRouter:
         job = AttackJob(method=method, target=tgt.name, source=src.name, save_format=save_format, params=given)
         async with gate.hold(await declared_pixels([file])):  # the full-size image, until the attack is done
             data, x = await read_image(file, settings)
+            faces = await faces_of(x, crop, file.filename)
+            job = replace(job, crop=crop, faces=faces)
             # An attack works at the upload's own resolution, so a step on a 40 Mpx image costs ~150 at 512 x 512:
             # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
             budget = settings.cw_sync_max_steps if spec.sync_budget == "optimizer" else settings.pgd_sync_max_steps
-            scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS)
+            scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS) * max(1, len(faces))
             if spec.steps(resolved) * scale <= budget:
                 try:
                     return await run_in_threadpool(_run_sync, service, x, job)
@@ -126,6 +139,7 @@ def build_router() -> APIRouter:
             Annotated[Literal[SAVE_FORMATS], Form(description="Judge success after saving as this.")],  # type: ignore[valid-type]
             "png",
         ),
+        ("crop", Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)], "none"),  # type: ignore[valid-type]
         ("idempotency_key", IdempotencyKey, None),
         ("settings", Settings, Depends(get_app_settings)),
         ("service", DetectionService, Depends(get_detection)),

@@ -10,6 +10,7 @@ from redis import Redis
 
 from app.deps import get_app_settings, get_pixel_gate, get_redis
 from app.errors import InvalidParameter, problem_responses
+from app.faces import faces_of
 from app.forms import MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
@@ -18,9 +19,14 @@ from app.uploads import form_fields, read_image
 from core.jobs import PurifyJob
 from core.settings import Settings
 from models import purify as purifiers
+from models.facecrop import CROP_MODES
 
 #: The form fields POST /purify declares itself; the rest come from the purifiers' declarations.
-OWN_FIELDS = ("file", "method")
+OWN_FIELDS = ("file", "method", "crop")
+CROP_HELP = (
+    "`faces`: purify each face found (docs/FACES.md) and paste it back into the photo, whose other pixels stay as "
+    "they were; the result says which boxes. An image without a face is a 422."
+)
 
 
 def purify_form() -> MethodForm:
@@ -43,6 +49,7 @@ def build_router() -> APIRouter:
         response: Response,
         file: UploadFile,
         method: str,
+        crop: str,
         idempotency_key: str | None,
         settings: Settings,
         conn: Redis,
@@ -53,9 +60,12 @@ def build_router() -> APIRouter:
         cap = values.get("max_iterations")
         if spec.iterative and cap is not None and cap > settings.max_dip_iterations:
             raise InvalidParameter(f"max_iterations={cap} exceeds the limit of {settings.max_dip_iterations}")
-        job = PurifyJob(method=method, params=form.resolve(spec, values))
+        params = form.resolve(spec, values)
         async with gate.hold(await declared_pixels([file])):  # decoded only to be checked, then dropped
-            data, _ = await read_image(file, settings)
+            data, x = await read_image(file, settings)
+            faces = await faces_of(x, crop, file.filename)
+            del x
+        job = PurifyJob(method=method, params=params, crop=crop, faces=faces)
         return await queue_job(
             response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),
             idempotency_key=idempotency_key,
@@ -66,6 +76,7 @@ def build_router() -> APIRouter:
         ("response", Response, inspect.Parameter.empty),
         ("file", Annotated[UploadFile, File(description="The image to purify.")], inspect.Parameter.empty),
         ("method", Annotated[Literal[tuple(names)], Form(description=help_text + ".")], names[0]),  # type: ignore[misc]
+        ("crop", Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)], "none"),  # type: ignore[valid-type]
         ("idempotency_key", IdempotencyKey, None),
         ("settings", Settings, Depends(get_app_settings)),
         ("conn", Redis, Depends(get_redis)),

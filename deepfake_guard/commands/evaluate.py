@@ -40,6 +40,13 @@ def add_parser(subparsers: Any) -> None:
         "--lipschitz-checkpoints", nargs="*", default=[], help="already-trained regularised detectors for R3"
     )
     p.add_argument("--out", default="runs/eval", help="output directory")
+    p.add_argument(
+        "--crop",
+        choices=("none", "faces"),
+        default="none",
+        help="faces: the folders hold full photos; every face found is one sample, cut as the first detector crops "
+        "it (docs/FACES.md); photos without one are skipped",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="CI sizes (default)")
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="the paper's sizes (GPU)")
@@ -152,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         lipschitz_checkpoints=args.lipschitz_checkpoints,
         progress=progress,
+        crop=args.crop,
     )
     if bar is not None:
         bar.close()

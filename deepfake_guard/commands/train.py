@@ -41,6 +41,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="PX",
         help="training size: one value (square) or H W; the detector resizes any input to it (default 64)",
     )
+    p.add_argument(
+        "--crop",
+        choices=("none", "faces"),
+        default="none",
+        help="faces: the folders hold full photos; train on each face found (docs/FACES.md), photos without one "
+        "are skipped",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: in-process)")
@@ -93,8 +100,8 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
     from tqdm import tqdm
 
     from models import checkpoint, registry
-    from models.data.folder import ImageFolderDataset
     from models.devices import resolve_device
+    from models.facecrop import folder_for
     from models.progress import Progress
     from models.training import EpochStats, TrainConfig, evaluate, train_detector
 
@@ -121,10 +128,10 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
         print(f"error: {exc}")
         return 2
     root = Path(args.data_dir)
-    train_set, val_set, test_set = (ImageFolderDataset(root / s, image_size=size) for s in ("train", "val", "test"))
-
     torch.manual_seed(args.seed)
     detector = spec.build(input_size=size)
+    # What the detector will see when served: plain resizes, or (crop=faces) its face crops (models/facecrop.py).
+    train_set, val_set, test_set = (folder_for(root / s, detector, crop=args.crop) for s in ("train", "val", "test"))
     print(
         f"{arch} (lipschitz lambda {lipschitz_lambda:g}): {sum(p.numel() for p in detector.parameters()) / 1e6:.2f} M "
         f"parameters, {size[0]}x{size[1]}, "
@@ -176,6 +183,11 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
             "path": args.data_dir,
             **manifest_info,
             "counts": {s: d.class_counts() for s, d in (("train", train_set), ("val", val_set), ("test", test_set))},
+            "crop": args.crop,
+            "no_face": {
+                s: len(getattr(d, "no_face", []))
+                for s, d in (("train", train_set), ("val", val_set), ("test", test_set))
+            },
         },
         # ``argv`` exactly as run (``python -m deepfake_guard.cli`` shows as the path of cli.py);
         # ``command`` is the same call through the console script, to copy and rerun.

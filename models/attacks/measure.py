@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from models.attacks import registry
 from models.attacks._common import eval_mode
 from models.detector import CLASS_NAMES, FAKE_INDEX
+from models.facecrop import NoFace, check_crop, find_faces
+from models.faces import Box
 from models.images import decode_image, encode_jpeg, encode_png, psnr, quantize_8bit
 from models.progress import ProgressFn, StopFn, check_stop
 from models.zoo import Zoo
@@ -202,17 +204,37 @@ def attack_in_zoo(
     save_format: str,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    crop: str = "none",
+    faces: Sequence[Box] | None = None,
 ) -> AttackOutcome:
     """Attack one image (3 x H x W, [0, 1]) on the zoo's ``target``, crafted on ``source`` (a black-box transfer
     when it names another detector), delivered as ``save_format``. The one code path of the API's synchronous
-    attacks and the workers' queued ones."""
+    attacks and the workers' queued ones.
+
+    ``crop="faces"`` attacks the photo's faces through their crops (``models.attacks.face_attack``): ``faces`` are
+    the upload's boxes when the caller has found them already (found here otherwise); none is a ``NoFace``."""
     tgt = zoo.get(target)
     src = zoo.get(source) if source and source != target else None
-    report = attack_and_measure(
-        method, tgt.detector, x.unsqueeze(0).to(zoo.device), source=src.detector if src else None,
-        params=params, save_format=save_format, progress=progress, should_stop=should_stop,
-    )[0]  # fmt: skip
-    body = report.metrics()
+    face_body: dict[str, Any] = {"faces_before": None, "faces": None}  # the answer's fields whatever the crop
+    if check_crop(crop) == "faces":
+        from models.attacks.face_attack import attack_faces  # it builds on this module
+
+        on_device = x.to(zoo.device)
+        boxes = list(faces) if faces is not None else find_faces(on_device)
+        if not boxes:
+            raise NoFace("crop=faces: no face was found in the image")
+        done = attack_faces(
+            method, tgt.detector, on_device, boxes, source=src.detector if src else None, params=params,
+            save_format=save_format, progress=progress, should_stop=should_stop,
+        )  # fmt: skip
+        report = done.report
+        face_body = {"faces_before": [v.to_json() for v in done.before], "faces": [v.to_json() for v in done.after]}
+    else:
+        report = attack_and_measure(
+            method, tgt.detector, x.unsqueeze(0).to(zoo.device), source=src.detector if src else None,
+            params=params, save_format=save_format, progress=progress, should_stop=should_stop,
+        )[0]  # fmt: skip
+    body = {**report.metrics(), "crop": crop, **face_body}
     body["target"] = {"name": tgt.name, "sha256": tgt.sha256}
     body["source"] = {"name": (src or tgt).name, "sha256": (src or tgt).sha256}
     body["adversarial_media_type"] = MEDIA_TYPES[save_format]

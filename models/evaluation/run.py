@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from models.data.folder import load_image_folder
 from models.evaluation.attacks import run_attacks, summary_table
 from models.evaluation.clean import bb_source, clean_metrics, load_member, subsample
 from models.evaluation.config import EvalConfig
 from models.evaluation.dip import run_dip
 from models.evaluation.sweep import sweep
+from models.facecrop import load_folder
 from models.lipschitz import input_gradient_norm
 from models.progress import ProgressFn
 from models.purify import DIP
@@ -49,7 +49,10 @@ def evaluate(
     device: torch.device,
     lipschitz_checkpoints: Sequence[str | Path] = (),
     progress: ProgressFn | None = None,
+    crop: str = "none",
 ) -> dict[str, Any]:
+    """``crop="faces"``: the folders hold full photos; every face found is one sample, cut as the first detector
+    crops it (models/facecrop.py). Without a crop, images are fitted by the first detector's own resize mode."""
     if not checkpoints:
         raise ValueError("evaluate needs at least one checkpoint")
     timings: dict[str, float] = {}
@@ -59,8 +62,7 @@ def evaluate(
     for m in members[len(checkpoints) :]:
         m.role = "lipschitz"
     data_dir = Path(data_dir)
-    size = members[0].detector.input_size
-    test = load_image_folder(data_dir / "test", image_size=size)
+    test = load_folder(data_dir / "test", members[0].detector, crop=crop)
     notes: list[str] = []
 
     t = time.perf_counter()
@@ -69,7 +71,7 @@ def evaluate(
     if config.lipschitz_lambdas and base_resnet is not None:
         if (data_dir / "train").is_dir() and (data_dir / "val").is_dir():
             swept, sweep_log = sweep(
-                base_resnet, data_dir, Path(out_dir) / "lipschitz", config, device=device, progress=progress
+                base_resnet, data_dir, Path(out_dir) / "lipschitz", config, device=device, progress=progress, crop=crop
             )
             members += swept
         else:
@@ -110,6 +112,7 @@ def evaluate(
         "environment": environment(device),
         "data": {
             "path": str(data_dir),
+            "crop": crop,
             "test_counts": {n: int((test.labels == i).sum()) for i, n in enumerate(("fake", "real"))},
             "attacked": {"fake": int((y == 0).sum()), "real": int((y == 1).sum())},
         },

@@ -9,6 +9,7 @@ penalty, so a difference between a lambda and the control is the penalty's, not 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,17 @@ from torch.utils.data import Subset
 
 from models import checkpoint, registry
 from models.data.folder import ImageFolderDataset
+from models.detector import Detector, SigmoidAdapter
 from models.evaluation.clean import Member
 from models.evaluation.config import EvalConfig
+from models.facecrop import CropFolder, folder_for
 from models.progress import ProgressFn
 from models.training import TrainConfig, train_detector
 
 
-def _per_class(ds: ImageFolderDataset, n: int | None, *, seed: int) -> ImageFolderDataset | Subset[Any]:
+def _per_class(
+    ds: ImageFolderDataset | CropFolder, n: int | None, *, seed: int
+) -> ImageFolderDataset | CropFolder | Subset[Any]:
     if n is None:
         return ds
     labels = ds.labels
@@ -33,6 +38,19 @@ def _per_class(ds: ImageFolderDataset, n: int | None, *, seed: int) -> ImageFold
         idx = torch.nonzero(labels == cls).flatten()
         keep += idx[torch.randperm(idx.numel(), generator=gen)[:n]].tolist()
     return Subset(ds, sorted(keep))
+
+
+def semantics_of(detector: Detector, architecture: str) -> checkpoint.CheckpointMeta:
+    """A checkpoint description of ``detector``'s input and output semantics (no provenance, no metrics)."""
+    return checkpoint.CheckpointMeta(
+        architecture=architecture,
+        input_size=detector.input_size,
+        mean=tuple(detector.get_buffer("mean").flatten().tolist()),  # type: ignore[arg-type]
+        std=tuple(detector.get_buffer("std").flatten().tolist()),  # type: ignore[arg-type]
+        logits=1 if isinstance(detector.backbone, SigmoidAdapter) else 2,
+        fake_index=detector.fake_index,
+        resize=detector.resize,
+    )
 
 
 def smooth_architecture(architecture: str) -> str:
@@ -49,22 +67,26 @@ def sweep(
     *,
     device: torch.device,
     progress: ProgressFn | None = None,
+    crop: str = "none",
 ) -> tuple[list[Member], dict[str, Any]]:
-    """Fine-tune ``base`` once per ``config.lipschitz_lambdas`` into ``out_dir``; returns the members and a log."""
+    """Fine-tune ``base`` once per ``config.lipschitz_lambdas`` into ``out_dir``; returns the members and a log.
+
+    Each fine-tuned detector keeps the base's semantics (fake index, head, resize mode, input size, mean, std)
+    and reads the images as the base does (``models.facecrop.folder_for``; ``crop="faces"``: its face crops)."""
     root = Path(data_dir)
     size = base.detector.input_size
+    base_meta = semantics_of(base.detector, base.architecture)
     train_set = _per_class(
-        ImageFolderDataset(root / "train", image_size=size), config.lipschitz_train_per_class, seed=config.seed
+        folder_for(root / "train", base.detector, crop=crop), config.lipschitz_train_per_class, seed=config.seed
     )
     val_set = _per_class(
-        ImageFolderDataset(root / "val", image_size=size), config.lipschitz_val_per_class, seed=config.seed
+        folder_for(root / "val", base.detector, crop=crop), config.lipschitz_val_per_class, seed=config.seed
     )
     arch = smooth_architecture(base.architecture) if config.lipschitz_smooth_relu else base.architecture
-    spec = registry.get(arch)
     members, log = [], []
     for lam in config.lipschitz_lambdas:
         # HHReLU has no parameters: the base state dict fits the smooth architecture as it is.
-        detector = spec.build(input_size=size)
+        detector = checkpoint.build(base_meta, architecture=arch)
         detector.backbone.load_state_dict(base.detector.backbone.state_dict())
         train_config = TrainConfig(
             epochs=config.lipschitz_epochs,
@@ -88,14 +110,7 @@ def sweep(
             "chosen_epoch": result.best_epoch,
             "note": "evaluation sweep: fine-tuned from the base checkpoint (models/evaluation/sweep.py)",
         }
-        meta = checkpoint.CheckpointMeta(
-            architecture=arch,
-            input_size=size,
-            mean=spec.mean,
-            std=spec.std,
-            provenance=provenance,
-            metrics={"val": result.best_val},
-        )
+        meta = replace(base_meta, architecture=arch, provenance=provenance, metrics={"val": result.best_val})
         digest = checkpoint.save(result.detector, Path(out_dir) / name, meta)
         epoch_seconds = [s.seconds for s in result.history]
         log.append(
