@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.attacks import registry
-from models.attacks.measure import SAVE_FORMATS, AttackReport, _labels, _p_fake, deliver
+from models.attacks.measure import AttackReport, _labels, _p_fake, deliver, resolve_attack
 from models.detector import CLASS_NAMES, Detector
 from models.facecrop import NO_FACE, FaceCrops, FaceVerdict, find_faces, label_of, merge_faces, most_fake, score_faces
 from models.faces import Box
@@ -56,13 +55,9 @@ def attack_faces(
     Success needs a face on the delivered file: untargeted, its verdict differs from the clean photo's;
     targeted, it is the other class. A file on which no face is found any more is not a success: the service
     answers ``no_face`` for it, not ``real``."""
-    spec = registry.get(method)
-    kwargs = spec.resolve(params)
-    if save_format not in SAVE_FORMATS:
-        raise ValueError(f"unknown save_format {save_format!r}; choose one of {list(SAVE_FORMATS)}")
+    spec, kwargs, targeted = resolve_attack(method, params, save_format)
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"expected one image 3 x H x W, got shape {tuple(x.shape)}")
-    targeted = bool(kwargs.get("targeted", False))
     x = x.detach()
     tgt = FaceCrops(target, boxes)
     src = FaceCrops(source, boxes) if source is not None else None

@@ -94,6 +94,18 @@ def _labels(p_fake: Tensor) -> Tensor:
     return torch.where(p_fake >= 0.5, FAKE_INDEX, 1 - FAKE_INDEX)
 
 
+def resolve_attack(
+    method: str, params: Mapping[str, Any], save_format: str
+) -> tuple[registry.AttackSpec, dict[str, Any], bool]:
+    """The attack's declaration, its resolved keyword arguments and whether it is targeted; every ValueError a
+    request can cause (method, parameters, delivery) before any work."""
+    spec = registry.get(method)
+    kwargs = spec.resolve(params)
+    if save_format not in SAVE_FORMATS:
+        raise ValueError(f"unknown save_format {save_format!r}; choose one of {list(SAVE_FORMATS)}")
+    return spec, kwargs, bool(kwargs.get("targeted", False))
+
+
 def attack_and_measure(
     method: str,
     target: nn.Module,
@@ -122,13 +134,9 @@ def attack_and_measure(
     on images the detector is very sure of: there the untargeted cross-entropy's gradient through the
     winning logit rounds to zero (softmax 1.0), the targeted one keeps it.
     """
-    spec = registry.get(method)
-    kwargs = spec.resolve(params)
-    if save_format not in SAVE_FORMATS:
-        raise ValueError(f"unknown save_format {save_format!r}; choose one of {list(SAVE_FORMATS)}")
+    spec, kwargs, targeted = resolve_attack(method, params, save_format)
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images N x 3 x H x W, got shape {tuple(x.shape)}")
-    targeted = bool(kwargs.get("targeted", False))
     x = x.detach()
     crafter = target if source is None else source
 
