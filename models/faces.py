@@ -73,7 +73,8 @@ def _detector() -> Any:
 def _uint8_hwc(image: Tensor) -> Any:
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected an image 3 x H x W in [0, 1], got shape {tuple(image.shape)}")
-    return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    pixels = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    return pixels.cpu().numpy()  # C-contiguous rows of RGB pixels: the layout dlib's image view expects
 
 
 def detect_faces(
