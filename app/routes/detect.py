@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.deps import get_app_settings, get_detection, get_pixel_gate
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
+from app.forms import STRICT_FLOAT
 from app.metrics import ApiMetrics, get_api_metrics
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, ModelInfo, ModelRef, ModelsResponse
@@ -31,7 +32,9 @@ async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
     threshold: Annotated[
-        float, Form(ge=0.0, le=1.0, allow_inf_nan=False, description="label is fake when p_fake >= threshold.")
+        float,
+        STRICT_FLOAT,
+        Form(ge=0.0, le=1.0, allow_inf_nan=False, description="label is fake when p_fake >= threshold."),
     ] = 0.5,
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),

@@ -15,7 +15,7 @@ from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import JobAccepted
 from app.uploads import form_fields, read_image
-from core.jobs import PurifyJob
+from core.jobs import PurifyJob, check_working_size
 from core.settings import Settings
 from models import purify as purifiers
 
@@ -55,7 +55,14 @@ def build_router() -> APIRouter:
             raise InvalidParameter(f"max_iterations={cap} exceeds the limit of {settings.max_dip_iterations}")
         job = PurifyJob(method=method, params=form.resolve(spec, values))
         async with gate.hold(await declared_pixels([file])):  # decoded only to be checked, then dropped
-            data, _ = await read_image(file, settings)
+            data, x = await read_image(file, settings)
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+            del x
+        if spec.iterative:  # DIP's working size must keep a meaningful side (DFG_DIP_MIN_SIDE)
+            try:
+                check_working_size(height, width, max_side=settings.purify_max_side, min_side=settings.dip_min_side)
+            except ValueError as exc:
+                raise InvalidParameter(str(exc)) from exc
         return await queue_job(
             response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),
             idempotency_key=idempotency_key,
