@@ -83,11 +83,11 @@ class Presence:
             log.warning("worker presence not renewed: Redis unreachable (%s)", exc)
 
     def _run(self) -> None:
-        self._beat()
         while not self._done.wait(self.period_s):
             self._beat()
 
     def __enter__(self) -> Presence:
+        self._beat()  # present from the moment it is entered (/readyz reads it)
         self._thread.start()
         return self
 
