@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import load_key_digests
 from core.settings import Settings
 from tests import imagefiles as files
 from tests.app.test_api import assert_problem, client, make_client, png  # noqa: F401  (client: a fixture)
@@ -98,6 +97,8 @@ def test_queued_jobs_per_key_are_capped(tiny_checkpoints: Path, redis_url: str) 
 
 
 def test_keys_come_from_a_file_and_a_bad_file_stops_the_start(tmp_path: Path) -> None:
+    from app.auth import load_key_digests
+
     good = tmp_path / "keys"
     good.write_text(f"# ops team\n{digest(KEY_A)}  # rotated 2025-01\n\n{digest(KEY_B).upper()}\n")
     settings = Settings(api_keys_file=good, device="cpu")  # type: ignore[call-arg]
@@ -152,7 +153,7 @@ def test_a_host_not_trusted_is_400(tiny_checkpoints: Path, redis_url: str) -> No
     [
         ("/purify", {"method": "jpeg", "quality": "5_0"}, "quality"),  # pydantic's lax mode read 50
         ("/purify", {"method": "jpeg", "quality": " 50"}, "quality"),
-        ("/detect", {"threshold": "0_5"}, "threshold"),
+        ("/detect", {"threshold": "0_0"}, "threshold"),  # read as 0.0
         ("/attack", {"method": "fgsm", "targeted": "yes"}, "targeted"),
         ("/attack", {"method": "fgsm", "targeted": "1"}, "targeted"),
         ("/attack", {"method": "pgd", "steps": "1_0"}, "steps"),
