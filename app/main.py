@@ -54,7 +54,7 @@ def document_guards(router: APIRouter) -> None:
         statuses = [400]
         if not is_open(route.path):
             statuses += [401, 403, 429]
-        if route.methods & {"POST", "PUT", "PATCH"}:
+        if (route.methods or set()) & {"POST", "PUT", "PATCH"}:
             statuses.append(413)
         route.responses = {**problem_responses(*statuses), **route.responses}
 

@@ -156,14 +156,21 @@ class _StopMarkers:
             w.mark_stopped(job_id)
 
 
-def build_worker(settings: Settings, conn: Redis, zoo: Zoo) -> GuardWorker:
-    """The process's worker on every queue, fast first, and (DFG_WORKER_FAST_LANE) its fast-lane thread."""
-    queues = [Queue(name, connection=conn) for name in settings.queue_names]
+LANES = ("all", "fast", "slow")
+
+
+def build_worker(settings: Settings, conn: Redis, zoo: Zoo, lanes: str = "all") -> GuardWorker:
+    """The process's worker on ``lanes``: every queue, fast first, plus (DFG_WORKER_FAST_LANE) its fast-lane thread;
+    or the fast or the slow queue only, without that thread (workers dedicated to one kind of job)."""
+    if lanes not in LANES:
+        raise ValueError(f"lanes must be one of {list(LANES)}, got {lanes!r}")
+    names = {"all": settings.queue_names, "fast": (settings.fast_queue,), "slow": (settings.slow_queue,)}[lanes]
+    queues = [Queue(name, connection=conn) for name in names]
     interval = max(10, settings.heartbeat_s * 2)
     worker = GuardWorker(queues, connection=conn, maintenance_interval=interval)
     worker.heartbeat_s = settings.heartbeat_s
     workers = [worker]
-    if settings.worker_fast_lane:
+    if settings.worker_fast_lane and lanes == "all":
         lane = FastLaneWorker(
             [Queue(settings.fast_queue, connection=conn)], connection=conn, maintenance_interval=interval,
             name=f"{worker.name}-fast",
@@ -204,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", default=None, help="worker name (default: RQ's own)")
+    parser.add_argument(
+        "--queues", choices=LANES, default="all",
+        help="the queues to take jobs from: all (the fast one first, and a fast-lane thread; the default), or only "
+        "the fast or the slow one (docs/OPERATIONS.md, Queues)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     wait_for_redis(conn, give_up_s=REDIS_GIVE_UP_S)
     zoo = Zoo.from_directory(settings.checkpoints_dir, resolve_device(settings.device))
     log.info("worker loaded detectors %s on %s", zoo.names(), zoo.device)
-    worker = build_worker(settings, conn, zoo)
+    worker = build_worker(settings, conn, zoo, args.queues)
     if args.name:
         worker.name = args.name
     worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)

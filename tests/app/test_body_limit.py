@@ -3,6 +3,7 @@ generates the body as it sends it, and the API process's temporary folder watche
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -22,10 +23,8 @@ CHUNK = 64 << 10
 def folder_bytes(path: Path) -> int:
     total = 0
     for entry in os.scandir(path):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # a spooled upload removed between listing and stat
             total += entry.stat().st_size
-        except FileNotFoundError:  # a spooled upload removed between listing and stat
-            pass
     return total
 
 
@@ -56,9 +55,7 @@ def upload(base: str, *, chunked: bool) -> tuple[int, bytes, int]:
     """POST /detect with a 500 MB multipart file made on the fly. Returns (status, response, bytes sent)."""
     host, port = base.removeprefix("http://").split(":")
     head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
-    framing = (
-        b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(head) + TOTAL + 6}\r\n".encode()
-    )
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(head) + TOTAL + 6}\r\n".encode()
     sent = 0
     with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from core.settings import Settings
 from tests import imagefiles as files
-from tests.app.test_api import assert_problem, client, make_client, png  # noqa: F401  (client: a fixture)
+from tests.app.test_api import assert_problem, make_client, png
 
 KEY_A, KEY_B = "key-a-0123456789", "key-b-9876543210"
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -21,6 +21,12 @@ B = {"Authorization": f"Bearer {KEY_B}"}
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture
+def client(tiny_checkpoints: Path, redis_url: str) -> Iterator[TestClient]:
+    with make_client(tiny_checkpoints, redis_url, max_pixels=1_000_000) as c:
+        yield c
 
 
 @pytest.fixture
@@ -169,7 +175,9 @@ def test_form_numbers_and_booleans_are_strict(client: TestClient, path: str, dat
 def test_strict_values_that_are_plain_still_pass(client: TestClient) -> None:
     f = {"file": ("a.png", png())}
     assert client.post("/detect", files=f, data={"threshold": "5e-1"}).status_code == 200
-    assert client.post("/attack", files=f, data={"method": "fgsm", "eps": "0.002", "targeted": "false"}).status_code == 200
+    assert (
+        client.post("/attack", files=f, data={"method": "fgsm", "eps": "0.002", "targeted": "false"}).status_code == 200
+    )
     assert client.post("/purify", files=f, data={"method": "jpeg", "quality": "+50"}).status_code == 202
 
 
