@@ -139,7 +139,7 @@ class FastLaneWorker(GuardWorker):
     def finish(self, thread: threading.Thread) -> None:
         """Stop after the job in hand (a fast one); an idle dequeue is left to end with the process."""
         self._stop_requested = True
-        thread.join(timeout=30)
+        thread.join(timeout=30 if self.get_state() == WorkerStatus.BUSY else 1)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         return bool(SimpleWorker.work(self, *args, **kwargs))  # presence is the main worker's
