@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Form
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from app.errors import InvalidParameter, applicable_params
 from models.methods import Method, Param
@@ -44,6 +44,8 @@ def _strict_bool(value: Any) -> Any:
 
 
 #: Form-field validators: numbers as plain decimal literals, booleans as true / false (a 422 names the field).
+#: Bounds go on the number type inside (``Annotated[Annotated[float, Field(le=1)] | None, STRICT_FLOAT, Form()]``):
+#: beside the validator they would leave the OpenAPI schema's minimum and maximum out.
 STRICT_FLOAT = BeforeValidator(lambda v: _number_text(v, _DECIMAL, "a decimal number such as 0.5, 2 or 1e-3"))
 STRICT_INT = BeforeValidator(lambda v: _number_text(v, _INTEGER, "a whole number such as 10"))
 STRICT_BOOL = BeforeValidator(_strict_bool)
@@ -100,8 +102,10 @@ class FormField:
         if len(tops) == len(highs):
             bounds["le"] = int(max(tops)) if first.kind is int else max(tops)
         if first.kind is float:
-            return Annotated[float | None, STRICT_FLOAT, Form(allow_inf_nan=False, description=description, **bounds)]
-        return Annotated[int | None, STRICT_INT, Form(description=description, **bounds)]
+            number = Annotated[float, Field(allow_inf_nan=False, **bounds)]
+            return Annotated[number | None, STRICT_FLOAT, Form(description=description)]  # type: ignore[valid-type]
+        whole = Annotated[int, Field(**bounds)]
+        return Annotated[whole | None, STRICT_INT, Form(description=description)]  # type: ignore[valid-type]
 
 
 @dataclass

@@ -7,7 +7,7 @@ then measures one client's sequential /detect requests twice:
   loaded   while --attackers clients each send synchronous /attack requests back to back
 and prints p50/p99 of both and the ratio loaded p99 / idle p99 (target: <= 3, README "Safe to expose").
 
-Usage: python bench/sync_attacks.py [--attackers 20] [--requests 200] [--method pgd --steps 100] [--json out.json]
+Usage: python bench/sync_attacks.py [--attackers 20] [--requests 200] [--method M --steps 100] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from benchio import save_report
 from PIL import Image
 
 from deepfake_guard.embedded import EmbeddedRedis
+from models import attacks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +92,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attackers", type=int, default=20, help="concurrent synchronous attack clients")
     parser.add_argument("--requests", type=int, default=200, help="/detect requests per phase")
-    parser.add_argument("--method", default="pgd", choices=["pgd", "fgsm", "cw_l2"])
-    parser.add_argument("--steps", type=int, default=100, help="PGD steps, or CW-L2 max_iterations (1 search step)")
+    names = attacks.names()
+    iterative = [n for n in names if attacks.get(n).declares("steps")]  # PGD
+    parser.add_argument("--method", default=iterative[0] if iterative else names[0], choices=names)
+    parser.add_argument(
+        "--steps", type=int, default=100, help="the attack's steps, or its max_iterations (with 1 search step)"
+    )
     parser.add_argument("--size", type=int, default=64, help="side of the test images, pixels")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the API (0: torch's default)")
     parser.add_argument("--json", type=Path, default=None)
@@ -118,9 +123,10 @@ def main() -> int:
         save_report(args.json, report, complete=False)
 
         form = {"method": args.method, "save_format": "png"}
-        if args.method == "pgd":
+        spec = attacks.get(args.method)
+        if spec.declares("steps"):
             form["steps"] = str(args.steps)
-        elif args.method == "cw_l2":
+        elif spec.declares("max_iterations"):
             form.update({"search_steps": "1", "max_iterations": str(args.steps)})
         stop.clear()
 

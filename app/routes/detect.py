@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import Field
 
 from app.deps import get_app_settings, get_detection, get_pixel_gate
 from app.detection import DetectionService
@@ -32,9 +33,9 @@ async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
     threshold: Annotated[
-        float,
+        Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)],
         STRICT_FLOAT,
-        Form(ge=0.0, le=1.0, allow_inf_nan=False, description="label is fake when p_fake >= threshold."),
+        Form(description="label is fake when p_fake >= threshold."),
     ] = 0.5,
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
