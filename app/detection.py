@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from app.compute import AttackExecutor, ComputeLock, yield_on_forward
 from app.errors import ServiceUnavailable, UnknownModel
 from models.checkpoint import LoadedCheckpoint
 from models.facecrop import FaceVerdict, face_crops
@@ -25,16 +27,34 @@ class Score:
     height: int
 
 
+T = TypeVar("T")
+
+
 class DetectionService:
-    def __init__(self, zoo: Zoo, default_model: str, *, max_batch: int = 64, precision: str = "fp32") -> None:
+    def __init__(
+        self, zoo: Zoo, default_model: str, *, max_batch: int = 64, precision: str = "fp32", attack_threads: int = 1
+    ) -> None:
         self.zoo = zoo
         self.default_model = default_model
-        # One compute lock: synchronous attacks and detection batches take turns on the CPU/GPU.
-        self.lock = threading.Lock()
+        # Synchronous attacks and detection batches share the CPU/GPU, detection first (app/compute.py).
+        self.lock = ComputeLock()
         self.batcher = MicroBatcher(lock=self.lock, max_batch=max_batch, precision=precision)
+        self.attacks = AttackExecutor(attack_threads)
 
     def close(self) -> None:
         self.batcher.close()
+        self.attacks.close()
+
+    async def run_attack(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous attack in the attack threads, holding the compute behind /detect's batches."""
+
+        def held() -> T:
+            for loaded in self.zoo:  # checkpoints loaded since start-up too (models/zoo.py picks them up)
+                yield_on_forward(loaded.detector)
+            with self.lock.attack():
+                return fn(*args)
+
+        return await self.attacks.run(held)
 
     def model(self, name: str | None) -> LoadedCheckpoint:
         chosen = name or self.default_model

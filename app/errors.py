@@ -69,6 +69,11 @@ class ServiceUnavailable(ProblemError):
     title = "Service unavailable"
 
 
+class TooManyRequests(ProblemError):
+    status = 429
+    title = "Too many requests"
+
+
 class IdempotencyConflict(ProblemError):
     status = 409
     title = "Idempotency-Key reused with a different request"
@@ -94,14 +99,15 @@ _IMAGE_STATUS: dict[type[ImageError], tuple[int, str]] = {
 def problem(
     status: int, title: str, detail: str, request: Request, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        **extra,
-    }
+    return problem_at(status, title, detail, request.url.path, headers, **extra)
+
+
+def problem_at(
+    status: int, title: str, detail: str, path: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """A problem+json response for ``path``; the ASGI middlewares (app/auth.py, app/bodylimit.py) answer with it
+    before any route, hence before the exception handlers below, run."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": path, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -130,7 +136,7 @@ def _format_validation(exc: RequestValidationError) -> tuple[str, list[dict[str,
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path", "form"))
-        msg = err.get("msg", "invalid")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # pydantic's prefix for a validator's own
         value = err.get("input")
         shown = "" if isinstance(value, (bytes, dict)) or value is None else f" (got {str(value)[:80]!r})"
         parts.append(f"{loc or 'request'}: {msg}{shown}")
@@ -195,6 +201,10 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for a route's error statuses, in the media type the handlers above really send."""
     meaning = {
+        400: "Malformed request (a multipart body that cannot be parsed, a Host header not in DFG_TRUSTED_HOSTS)",
+        401: "No valid API key (`Authorization: Bearer <key>`; only when DFG_API_KEYS or DFG_API_KEYS_FILE is set)",
+        403: "A cross-origin request from an origin not in DFG_CORS_ORIGINS",
+        429: "The API key's rate or queued-job limit is reached (with Retry-After)",
         404: "Unknown model or job",
         409: "Conflict (Idempotency-Key reused with another request; job has no image)",
         413: "Upload or image too large",

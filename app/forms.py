@@ -9,14 +9,46 @@ by ``Method.resolve`` (the same check the function itself makes).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Form
+from pydantic import BeforeValidator, Field
 
 from app.errors import InvalidParameter, applicable_params
 from models.methods import Method, Param
+
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
+
+
+def _number_text(value: Any, pattern: re.Pattern[str], what: str) -> Any:
+    # A form value is text, which pydantic's lax mode reads generously ("1_000" is 1000, " 5 " is 5): only the
+    # plain literals are let through to its number parsing and the declared bounds.
+    if isinstance(value, str) and value.lower().lstrip("+-") in _NON_FINITE:
+        raise ValueError("input should be a finite number")
+    if isinstance(value, str) and not pattern.fullmatch(value):
+        raise ValueError(f"must be {what}")
+    return value
+
+
+def _strict_bool(value: Any) -> Any:
+    if isinstance(value, str):
+        if value in ("true", "false"):
+            return value == "true"
+        raise ValueError("must be true or false")  # not yes/on/1: a typo must not pass as a choice
+    return value
+
+
+#: Form-field validators: numbers as plain decimal literals, booleans as true / false (a 422 names the field).
+#: Bounds go on the number type inside (``Annotated[Annotated[float, Field(le=1)] | None, STRICT_FLOAT, Form()]``):
+#: beside the validator they would leave the OpenAPI schema's minimum and maximum out.
+STRICT_FLOAT = BeforeValidator(lambda v: _number_text(v, _DECIMAL, "a decimal number such as 0.5, 2 or 1e-3"))
+STRICT_INT = BeforeValidator(lambda v: _number_text(v, _INTEGER, "a whole number such as 10"))
+STRICT_BOOL = BeforeValidator(_strict_bool)
 
 
 @dataclass
@@ -55,8 +87,11 @@ class FormField:
             choices = tuple(dict.fromkeys(c for _, p in self.declarations for c in p.choices or ()))
             return Annotated[Literal[choices] | None, Form(description=description)]  # type: ignore[valid-type]
         if first.kind is bool:
-            return Annotated[bool | None, Form(description=description)]
-        lows = [(p.low, p.low_open if p.api_low_open is None else p.api_low_open) for _, p in self.declarations]
+            return Annotated[bool | None, STRICT_BOOL, Form(description=description)]
+        lows = [
+            (p.low if p.api_low is None else p.api_low, p.low_open if p.api_low_open is None else p.api_low_open)
+            for _, p in self.declarations
+        ]
         highs = [p.high for _, p in self.declarations]
         bounds: dict[str, Any] = {}
         known = [(low, low_open) for low, low_open in lows if low is not None]
@@ -67,8 +102,10 @@ class FormField:
         if len(tops) == len(highs):
             bounds["le"] = int(max(tops)) if first.kind is int else max(tops)
         if first.kind is float:
-            return Annotated[float | None, Form(allow_inf_nan=False, description=description, **bounds)]
-        return Annotated[int | None, Form(description=description, **bounds)]
+            number = Annotated[float, Field(allow_inf_nan=False, **bounds)]
+            return Annotated[number | None, STRICT_FLOAT, Form(description=description)]  # type: ignore[valid-type]
+        whole = Annotated[int, Field(**bounds)]
+        return Annotated[whole | None, STRICT_INT, Form(description=description)]  # type: ignore[valid-type]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
 import time
@@ -15,6 +16,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from PIL import Image
 from redis import Redis
 from rq import Queue, Retry
 from rq.command import send_stop_job_command
@@ -22,17 +24,57 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from app.errors import IdempotencyConflict, InvalidParameter, JobNotFound, JobNotReady, QueueFull
+from app import limits
+from app.auth import PUBLIC_OWNER
+from app.errors import IdempotencyConflict, InvalidParameter, JobNotFound, JobNotReady, QueueFull, TooManyRequests
 from app.schemas import JobInfo, JobProgress
 from core import keys
+from core.jobs import AttackJob, PurifyJob
 from core.settings import Settings
+from models import attacks
+from models import purify as purifiers
+
+#: The image size at which attack steps are counted (the synchronous budgets and the fast lane alike).
+SYNC_REFERENCE_PIXELS = 512 * 512
 
 _ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 _last_sweep = 0.0
 
 
-def queue_for(conn: Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=conn)
+def queue_for(conn: Redis, settings: Settings, name: str | None = None) -> Queue:
+    """The queue ``name`` (default: the fast one, ``DFG_QUEUE_NAME``)."""
+    return Queue(name or settings.fast_queue, connection=conn)
+
+
+def all_queues(conn: Redis, settings: Settings) -> list[Queue]:
+    return [queue_for(conn, settings, name) for name in settings.queue_names]
+
+
+def queued_count(conn: Redis, settings: Settings) -> int:
+    """Jobs waiting in every queue: what DFG_MAX_QUEUE_DEPTH bounds."""
+    with conn.pipeline(transaction=False) as pipe:
+        for q in all_queues(conn, settings):
+            pipe.llen(q.key)
+        return sum(int(n) for n in pipe.execute())
+
+
+def lane_for(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> str:
+    """The queue a job goes to, by its cost (docs/OPERATIONS.md, "Queues"): cheap purifiers and attacks of at most
+    DFG_FAST_LANE_MAX_STEPS steps (counted at 512 x 512 pixels, as the synchronous budgets) to the fast queue;
+    iterative purifiers (DIP) and larger attacks to the slow one."""
+    if kind == PurifyJob.KIND:
+        spec = purifiers.get(str(params["method"]))
+        return settings.slow_queue if spec.iterative else settings.fast_queue
+    job = AttackJob.from_json(params)
+    attack = attacks.get(job.method)
+    steps = attack.steps(attack.resolve(job.params))
+    try:
+        with Image.open(io.BytesIO(image)) as im:  # the header only
+            pixels = im.size[0] * im.size[1]
+    except (OSError, ValueError):
+        pixels = 0
+    scale = max(1.0, pixels / SYNC_REFERENCE_PIXELS)
+    return settings.fast_queue if steps * scale <= settings.fast_lane_max_steps else settings.slow_queue
 
 
 def sweep_abandoned(conn: Redis, settings: Settings, *, min_interval_s: float = 2.0) -> None:
@@ -46,7 +88,8 @@ def sweep_abandoned(conn: Redis, settings: Settings, *, min_interval_s: float = 
     if now - _last_sweep < min_interval_s:
         return
     _last_sweep = now
-    StartedJobRegistry(queue=queue_for(conn, settings)).cleanup()
+    for queue in all_queues(conn, settings):
+        StartedJobRegistry(queue=queue).cleanup()
 
 
 def _request_fingerprint(func: str, params: dict[str, Any], image: bytes) -> str:
@@ -62,14 +105,13 @@ _DELETE_IF_SAME = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.ca
 CLAIM_WAIT_S = 2.0
 
 
-def _claim(conn: Redis, settings: Settings, name: str, claim: str, fingerprint: str) -> Job | None:
+def _claim(conn: Redis, settings: Settings, key: str, name: str, claim: str, fingerprint: str) -> Job | None:
     """Claim an Idempotency-Key for a new job (returns None), or return the job that an identical request made.
 
     A claim is written before its job exists (the job id must be known first), so an identical request can
     find the claim and no job yet: it waits (``CLAIM_WAIT_S``) rather than making a second job. A claim whose
     job never appears (its request failed, or the job expired) is replaced only if unchanged meanwhile.
     """
-    key = keys.idempotency_key(name)
     deadline = time.monotonic() + CLAIM_WAIT_S
     while True:
         if conn.set(key, claim, nx=True, ex=settings.result_ttl_s):
@@ -107,28 +149,48 @@ def enqueue(
     image: bytes,
     params: dict[str, Any],
     idempotency_key: str | None = None,
+    owner: str = PUBLIC_OWNER,
+    limit_owner: bool = False,
 ) -> tuple[Job, bool]:
-    """Queue a job on an already validated image. Returns ``(job, created)``.
+    """Queue a job on an already validated image, for ``owner`` (app/auth.py). Returns ``(job, created)``.
 
-    With an ``idempotency_key``, concurrent identical requests get one job (the others ``created=False``),
-    and a request that differs gets ``IdempotencyConflict``.
+    With an ``idempotency_key`` (``owner``'s own: keys of other owners never clash), concurrent identical requests
+    get one job (the others ``created=False``), and a request that differs gets ``IdempotencyConflict``. With
+    ``limit_owner``, more than DFG_MAX_JOBS_PER_KEY queued or running jobs of ``owner`` get ``TooManyRequests``.
     """
     fingerprint = _request_fingerprint(func, params, image)
     job_id = uuid.uuid4().hex
     claim = f"{job_id} {fingerprint}"
     check_idempotency_key(idempotency_key)
-    if idempotency_key is not None:
-        existing = _claim(conn, settings, idempotency_key, claim, fingerprint)
+    idem = keys.idempotency_key(owner, idempotency_key) if idempotency_key is not None else None
+    if idem is not None and idempotency_key is not None:
+        existing = _claim(conn, settings, idem, idempotency_key, claim, fingerprint)
         if existing is not None:
             return existing, False
-    queue = queue_for(conn, settings)
-    if queue.count >= settings.max_queue_depth:
-        if idempotency_key is not None:
-            conn.eval(_DELETE_IF_SAME, 1, keys.idempotency_key(idempotency_key), claim)
+
+    def give_back() -> None:
+        if idem is not None:
+            conn.eval(_DELETE_IF_SAME, 1, idem, claim)
+
+    if limit_owner:
+        counted = limits.reserve_job(conn, settings, owner, job_id)
+        if counted < 0:
+            give_back()
+            raise TooManyRequests(
+                f"this API key has {-counted} jobs queued or running (limit {settings.max_jobs_per_key}); "
+                "retry when one has ended",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+    waiting = queued_count(conn, settings)
+    if waiting >= settings.max_queue_depth:
+        give_back()
+        if limit_owner:
+            limits.release_job(conn, owner, job_id)
         raise QueueFull(
-            f"{queue.count} jobs are queued (limit {settings.max_queue_depth}); retry later",
+            f"{waiting} jobs are queued (limit {settings.max_queue_depth}); retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
         )
+    queue = queue_for(conn, settings, lane_for(settings, kind, params, image))
     token = uuid.uuid4().hex
     # The input must outlive every attempt of the job, queued time included.
     input_ttl = settings.result_ttl_s + settings.job_timeout_s * (settings.job_retries + 1)
@@ -140,8 +202,9 @@ def enqueue(
         job_timeout=settings.job_timeout_s,
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
-        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
-        meta={"kind": kind, "params": params, "attempts": 0},
+        # A retried job (its worker died, or a transient error) goes back to the front: it has waited its turn.
+        retry=Retry(max=settings.job_retries, enqueue_at_front=True) if settings.job_retries > 0 else None,
+        meta={"kind": kind, "params": params, "attempts": 0, "owner": owner},
         description=f"{kind} {params.get('method', '')}".strip(),
     )
     return job, True
@@ -150,15 +213,20 @@ def enqueue(
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def fetch(conn: Redis, settings: Settings, job_id: str) -> Job:
+def fetch(conn: Redis, settings: Settings, job_id: str, owner: str = PUBLIC_OWNER) -> Job:
+    """``owner``'s job ``job_id``; another owner's job is answered exactly as one that does not exist."""
     # RQ raises on ids outside this alphabet and reads "id:execution" as a job id plus an execution key.
     if not _JOB_ID.fullmatch(job_id):
         raise JobNotFound(f"no job with id {job_id[:80]!r}: job ids are 1-64 letters, digits, '_' and '-'")
     sweep_abandoned(conn, settings)
+    missing = JobNotFound(f"no job with id {job_id!r} (it never existed or has expired)")
     try:
-        return Job.fetch(job_id, connection=conn)
+        job = Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
-        raise JobNotFound(f"no job with id {job_id!r} (it never existed or has expired)") from None
+        raise missing from None
+    if str(job.meta.get("owner", PUBLIC_OWNER)) != owner:
+        raise missing
+    return job
 
 
 def _aware(dt: datetime | None) -> datetime | None:

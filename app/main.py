@@ -7,11 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from redis import Redis
 
+from app.auth import AccessMiddleware, is_open, load_key_digests
+from app.bodylimit import BodyLimitMiddleware
 from app.detection import DetectionService
-from app.errors import install_error_handlers
+from app.errors import install_error_handlers, problem_responses
 from app.metrics import ApiMetrics, HttpMetricsMiddleware, RedisCollector
 from app.pixels import PixelGate
 from app.routes import attack, detect, health, jobs, metrics, page, purify
@@ -41,6 +45,20 @@ def redis_client(settings: Settings) -> Redis | None:
     )
 
 
+def document_guards(router: APIRouter) -> None:
+    """The answers of the middlewares in front of the routes (app/auth.py, app/bodylimit.py) and of a multipart
+    body that cannot be parsed (400), in the OpenAPI entry of every route they can come from."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        statuses = [400]
+        if not is_open(route.path):
+            statuses += [401, 403, 429]
+        if (route.methods or set()) & {"POST", "PUT", "PATCH"}:
+            statuses.append(413)
+        route.responses = {**problem_responses(*statuses), **route.responses}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -54,8 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         log.info("loaded detectors %s on %s", zoo.names(), device)
         app.state.detection = DetectionService(
-            zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision
-        )
+            zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision,
+            attack_threads=settings.sync_attack_threads,
+        )  # fmt: skip
         app.state.detection.batcher.on_batch = app.state.metrics.observe_detect_batch
         app.state.redis = redis_client(settings)
         try:
@@ -76,6 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(RedisCollector(app.state))
+    # Innermost first: the body limit, then access (host, origin, key, rate; before any body is read), then CORS
+    # (a preflight needs no key), then the metrics, which count every answer, refusals included.
+    app.add_middleware(
+        BodyLimitMiddleware, upload_bytes=settings.max_upload_bytes, allowance_bytes=settings.form_allowance_bytes
+    )
+    app.add_middleware(AccessMiddleware, settings=settings, digests=load_key_digests(settings), app_state=app.state)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Idempotency-Key"], expose_headers=["Location", "Retry-After"],
+        )  # fmt: skip
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics, router_app=app)
     app.state.pixel_gate = PixelGate(
         settings.pixels_in_flight, wait_s=settings.pixels_wait_s, retry_after_s=settings.retry_after_s
@@ -83,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     routers = (health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router, metrics.router)
     for router in routers:
+        document_guards(router)
         app.include_router(router)
     page.install(app)
     return app

@@ -92,11 +92,24 @@ def route_template(app: Any, scope: Scope, before: Scope) -> str:
     route = scope.get("route")
     if route is not None:
         return str(route.path)
-    for candidate in app.routes:
-        match, _ = candidate.matches(before)
-        if match == Match.FULL:
+    return _template_of(app.routes, before) or UNMATCHED
+
+
+def _template_of(routes: list[Any], scope: Scope) -> str | None:
+    """The template of the route in ``routes`` that matches ``scope``. FastAPI keeps an included router as one entry
+    (``original_router``, included without a prefix here: app/main.py) whose routes are searched in turn; a request
+    answered before routing (a 413 from app/bodylimit.py) has no ``scope["route"]`` to say it."""
+    for candidate in routes:
+        match, _ = candidate.matches(scope)
+        if match != Match.FULL:
+            continue
+        inner = getattr(candidate, "original_router", None)
+        if inner is None:
             return str(candidate.path)
-    return UNMATCHED
+        found = _template_of(inner.routes, scope)
+        if found is not None:
+            return found
+    return None
 
 
 class HttpMetricsMiddleware:
@@ -145,31 +158,32 @@ class RedisCollector(Collector):
         return iter(())  # the families depend on Redis' answer: nothing to check at registration
 
     def read(self, conn: Redis, settings: Settings) -> tuple[dict[str, int], jobmetrics.JobFigures, int]:
-        queue = Queue(settings.queue_name, connection=conn)
         now = time.time()
-        # Registry scores are expiry times (scheduled: the run time): count what the next cleanup would keep,
-        # without running it, so a scrape changes nothing.
-        live = {
-            "started": queue.started_job_registry.key,
-            "deferred": queue.deferred_job_registry.key,
-            "finished": queue.finished_job_registry.key,
-            "failed": queue.failed_job_registry.key,  # stopped jobs are kept here too (RQ)
-            "canceled": queue.canceled_job_registry.key,
-        }
+        states = ("started", "deferred", "finished", "failed", "canceled")
+        queues = [Queue(name, connection=conn) for name in settings.queue_names]  # summed over every queue
         with conn.pipeline(transaction=False) as pipe:
-            pipe.llen(queue.key)
-            pipe.zcard(queue.scheduled_job_registry.key)
-            for key in live.values():
-                pipe.zcount(key, now, "+inf")
+            for queue in queues:
+                # Registry scores are expiry times (scheduled: the run time): count what the next cleanup would
+                # keep, without running it, so a scrape changes nothing. Stopped jobs are kept in "failed" (RQ).
+                pipe.llen(queue.key)
+                pipe.zcard(queue.scheduled_job_registry.key)
+                for key in (
+                    queue.started_job_registry.key, queue.deferred_job_registry.key, queue.finished_job_registry.key,
+                    queue.failed_job_registry.key, queue.canceled_job_registry.key,
+                ):  # fmt: skip
+                    pipe.zcount(key, now, "+inf")
             pipe.hgetall(jobmetrics.JOBS_KEY)
             pipe.zremrangebyscore(jobmetrics.WORKERS_KEY, "-inf", now)
             pipe.zcard(jobmetrics.WORKERS_KEY)
             replies = pipe.execute()
-        queued, scheduled, *counts = replies[: 2 + len(live)]
-        raw, _, workers = replies[2 + len(live) :]
-        depth = {"queued": int(queued), "scheduled": int(scheduled)} | {
-            state: int(n) for state, n in zip(live, counts, strict=True)
-        }
+        per_queue = 2 + len(states)
+        depth = dict.fromkeys(("queued", "scheduled", *states), 0)
+        for i in range(len(queues)):
+            for state, n in zip(
+                ("queued", "scheduled", *states), replies[i * per_queue : (i + 1) * per_queue], strict=True
+            ):
+                depth[state] += int(n)
+        raw, _, workers = replies[len(queues) * per_queue :]
         return depth, jobmetrics.parse(raw), int(workers)
 
     def collect(self) -> Iterator[Metric]:

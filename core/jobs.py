@@ -28,6 +28,26 @@ def _pop_crop(rest: dict[str, Any]) -> dict[str, Any]:
     return {"crop": crop, "faces": faces}
 
 
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The size an iterative purifier works at: the image scaled to fit ``max_side`` (DFG_PURIFY_MAX_SIDE), never up."""
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def check_working_size(height: int, width: int, *, max_side: int, min_side: int) -> None:
+    """A ValueError when DIP would work on a side under ``min_side`` (DFG_DIP_MIN_SIDE): its network halves the
+    image five times, and a 10000 x 16 image at 512 x 1 came out flat and meaningless, reported as finished."""
+    h, w = working_size(height, width, max_side)
+    if min(h, w) < min_side:
+        raise ValueError(
+            f"the image is {width} x {height} pixels and DIP would work on it at {w} x {h} (fitted to "
+            f"{max_side} pixels, DFG_PURIFY_MAX_SIDE); its shorter side must be at least {min_side} there "
+            "(DFG_DIP_MIN_SIDE): crop or pad the image to a less elongated shape"
+        )
+
+
 @dataclass(frozen=True)
 class PurifyJob:
     """Purify one image with ``method`` (a registered purifier) and its keyword arguments ``params``.

@@ -17,8 +17,24 @@ def stop_key(job_id: str) -> str:
     return f"{PREFIX}:stop:{job_id}"
 
 
-def idempotency_key(key: str) -> str:
-    return f"{PREFIX}:idem:{key}"
+def idempotency_key(owner: str, key: str) -> str:
+    """A client's Idempotency-Key, in the namespace of the API key that sent it (``owner``: app/auth.py)."""
+    return f"{PREFIX}:idem:{owner}:{key}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    """Sorted set of an API key's jobs that may still be queued or running (its cap: DFG_MAX_JOBS_PER_KEY)."""
+    return f"{PREFIX}:owner:{owner}:jobs"
+
+
+def rate_key(owner: str) -> str:
+    """An API key's token bucket (DFG_RATE_LIMIT_PER_MIN, DFG_RATE_LIMIT_BURST)."""
+    return f"{PREFIX}:rate:{owner}"
+
+
+def worker_queues_key(name: str) -> str:
+    """The queues a live worker takes jobs from, renewed with its presence (core/jobmetrics.py WORKERS_KEY)."""
+    return f"{PREFIX}:worker:{name}:queues"
 
 
 PURIFY_FUNC = "workers.jobs.purify"

@@ -5,6 +5,7 @@ Nothing else in the project reads the environment (docs/CONTRIBUTING.md, convent
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.checkpoint import DEMO_CHECKPOINTS
 from models.devices import DEVICE_PATTERN
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _split(value: str | None, *, lower: bool = False) -> list[str]:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return [v.lower() for v in items] if lower else items
 
 
 class Settings(BaseSettings):
@@ -44,6 +52,32 @@ class Settings(BaseSettings):
         description="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # --- exposure: access control, limits per key, browsers (README "Safe to expose") ---
+    api_keys: str | None = Field(
+        None,
+        description="Comma-separated sha256 hex digests of the API keys (`deepfake-guard hash-key`). Set (or "
+        "DFG_API_KEYS_FILE set): requests need `Authorization: Bearer <key>`; unset: no authentication.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of sha256 hex digests of API keys, one per line (# comments), read at start."
+    )
+    rate_limit_per_min: int = Field(
+        120, ge=1, description="Requests per minute each API key may make (token bucket in Redis; 429 above)."
+    )
+    rate_limit_burst: int = Field(30, ge=1, description="Requests an API key may make at once before the rate applies.")
+    max_jobs_per_key: int = Field(
+        20, ge=1, description="Queued or running jobs an API key may have at once (429 + Retry-After above)."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins whose pages may call the API (CORS); others' requests get 403."
+    )
+    trusted_hosts: str = Field("*", description="Comma-separated Host header values the API answers (400 otherwise).")
+    form_allowance_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="Bytes a request body may hold beyond DFG_MAX_UPLOAD_BYTES (form fields, multipart framing).",
+    )
 
     # --- detectors ---
     checkpoints_dir: Path = Field(
@@ -86,11 +120,20 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="How long a request waits for its decoded pixels before a 503."
     )
     max_files: int = Field(32, ge=1, description="Most images in one /detect request.")
+    sync_attack_threads: int = Field(
+        1, ge=1, le=64, description="Threads running synchronous attacks; more requests wait for one."
+    )
 
     # --- jobs ---
-    queue_name: str = Field("deepfake-guard", min_length=1, description="RQ queue for purification and attack jobs.")
+    queue_name: str = Field(
+        "deepfake-guard",
+        min_length=1,
+        description="RQ queue of cheap jobs (the fast lane); DIP and large attacks go to `<name>-slow`.",
+    )
     max_queue_depth: int = Field(
-        100, ge=1, description="Queued jobs above which new jobs (POST /purify, queued /attack) get 503."
+        100,
+        ge=1,
+        description="Queued jobs (all queues together) above which new jobs (POST /purify, queued /attack) get 503.",
     )
     retry_after_s: int = Field(
         30, ge=1, description="Retry-After sent with a 503 when the queue is full or Redis is unreachable."
@@ -108,10 +151,25 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(
         5, ge=1, le=60, description="Worker heartbeat period; a dead worker's job is retried after ~3 of these."
     )
+    fast_lane_max_steps: int = Field(
+        2000,
+        ge=0,
+        description="Queued attacks needing at most this many steps (at 512 x 512 pixels) go to the fast queue "
+        "with the cheap purifiers; the rest, and DIP, to the slow queue.",
+    )
+    worker_fast_lane: bool = Field(
+        True, description="Each worker also runs a thread that takes fast-queue jobs only, so they never wait for DIP."
+    )
     purify_max_side: int = Field(
         512,
         ge=32,
         description="DIP works on images scaled to fit this side (as the paper's 512 x 512), then scales back.",
+    )
+    dip_min_side: int = Field(
+        16,
+        ge=1,
+        description="Smallest side of DIP's working image (after DFG_PURIFY_MAX_SIDE scaling); 422 below. As "
+        "DFG_MIN_IMAGE_SIDE by default: an image DIP does not have to shrink is never refused.",
     )
     dip_batch_max: int = Field(
         8, ge=1, le=64, description="A DIP job also purifies up to this many - 1 compatible queued jobs in one batch."
@@ -154,7 +212,47 @@ class Settings(BaseSettings):
                 f"DFG_MAX_PIXELS_IN_FLIGHT ({self.max_pixels_in_flight}) must be at least DFG_MAX_PIXELS "
                 f"({self.max_pixels}): an image of the largest accepted size could never be decoded"
             )
+        for digest in self.api_key_list:
+            if not _DIGEST.fullmatch(digest):
+                raise ValueError(
+                    f"DFG_API_KEYS must hold sha256 hex digests (64 hex digits; `deepfake-guard hash-key`), got a "
+                    f"value of {len(digest)} characters"  # not the value: it may be a key pasted by mistake
+                )
+        if self.purify_max_side < self.dip_min_side:
+            raise ValueError(
+                f"DFG_PURIFY_MAX_SIDE ({self.purify_max_side}) must be at least DFG_DIP_MIN_SIDE ({self.dip_min_side})"
+            )
         return self
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether requests need an API key (app/auth.py): DFG_API_KEYS or DFG_API_KEYS_FILE is set."""
+        return bool(self.api_key_list) or self.api_keys_file is not None
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return _split(self.api_keys, lower=True)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.rstrip("/") for o in _split(self.cors_origins)]
+
+    @property
+    def trusted_host_list(self) -> list[str]:
+        return _split(self.trusted_hosts, lower=True)
+
+    @property
+    def fast_queue(self) -> str:
+        return self.queue_name
+
+    @property
+    def slow_queue(self) -> str:
+        return f"{self.queue_name}-slow"
+
+    @property
+    def queue_names(self) -> tuple[str, str]:
+        """Every job queue, in the order workers take them (docs/OPERATIONS.md, "Queues")."""
+        return (self.fast_queue, self.slow_queue)
 
     @property
     def pixels_in_flight(self) -> int:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "attack": ("deepfake_guard.commands.attack", "attack a detector on an image or a folder of images"),
     "purify": ("deepfake_guard.commands.purify", "purify an image locally (no server needed)"),
+    "hash-key": ("deepfake_guard.commands.hash_key", "print the sha256 digest of an API key (DFG_API_KEYS)"),
     "methods": ("deepfake_guard.commands.methods_list", "list the attacks and purifiers with their parameters"),
     "evaluate": (
         "deepfake_guard.commands.evaluate",

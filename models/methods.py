@@ -36,7 +36,8 @@ class Param:
     API form and on the command line when it differs from the keyword (CW-L2's ``c_init`` is ``c``).
     ``public=False`` keeps a parameter out of the API and the CLI (it is still validated).
     ``api_low_open`` makes the API refuse the lower bound itself although the function accepts it (an eps of 0
-    is a valid no-op for the function, a pointless request for the service).
+    is a valid no-op for the function, a pointless request for the service); ``api_low`` raises the bound the API
+    takes above the function's own (an eps that rounding to 8 bits undoes).
     """
 
     name: str
@@ -52,6 +53,7 @@ class Param:
     field_name: str | None = None
     public: bool = True
     api_low_open: bool | None = None
+    api_low: float | None = None
     default_doc: str | None = None
 
     def __post_init__(self) -> None:

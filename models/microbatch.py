@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +32,7 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, *, lock: threading.Lock, max_batch: int = 64, precision: str = "fp32") -> None:
+    def __init__(self, *, lock: AbstractContextManager[object], max_batch: int = 64, precision: str = "fp32") -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if precision not in ("fp32", "bf16"):

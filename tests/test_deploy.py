@@ -86,3 +86,15 @@ def test_prometheus_scrapes_every_api_replica_at_metrics() -> None:
     assert sd["port"] == int(api["environment"]["DFG_PORT"]) == api["ports"][0]["target"]
     timeout_s = int(scrape["global"]["scrape_timeout"].rstrip("s"))
     assert timeout_s > Settings().redis_timeout_s  # a slow Redis gives dfg_redis_up 0, not a failed scrape
+
+
+def test_compose_exposes_the_api_with_keys_on_and_on_loopback_only() -> None:
+    import json
+
+    cfg = json.loads(_compose_config("--format", "json"))
+    api = cfg["services"]["api"]
+    env = api["environment"]
+    assert env["DFG_API_KEYS_FILE"] == "/run/secrets/api_keys" and env["DFG_CORS_ORIGINS"] == ""
+    assert "api" in env["DFG_TRUSTED_HOSTS"].split(",")  # the prometheus service scrapes http://api:8000
+    assert [s["source"] for s in api["secrets"]] == ["api_keys"]
+    assert all(p["host_ip"] == "127.0.0.1" for s in ("api", "prometheus") for p in cfg["services"][s]["ports"])

@@ -5,8 +5,9 @@ working size, claims up to ``dip_batch_max - 1`` of them with a Redis key that e
 leader keeps refreshing it, and purifies all images in one batch (``dip_purify`` runs independent
 networks per image, so each result is what the job would get alone). It then publishes each
 follower's output. The followers stay ordinary queued RQ jobs throughout: when a worker picks one
-up it finds its output ready (or waits for a live leader), so RQ's own bookkeeping is never
-bypassed. If the leader dies its claims expire and the followers purify themselves: a claim can
+up it finds its output ready, so RQ's own bookkeeping is never
+bypassed; a worker that picks one up while its leader runs puts it back in the queue rather than wait
+(workers/worker.py). If the leader dies its claims expire and the followers purify themselves: a claim can
 delay a job, never lose it.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
@@ -113,6 +115,16 @@ def publish(ctx: context.WorkerContext, job_id: str, result: dict[str, Any], png
         pipe.set(keys.batched_result_key(job_id), json.dumps(result), ex=ttl)
         pipe.delete(keys.claim_key(job_id))
         pipe.execute()
+
+
+def held_by_leader(conn: Redis, job_id: str) -> bool:
+    """Whether a live leader has claimed this job and not yet published its output (its claim expires with the
+    leader: ``claim_ttl``)."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.exists(keys.claim_key(job_id))
+        pipe.exists(keys.batched_result_key(job_id))
+        claimed, published = pipe.execute()
+    return bool(claimed) and not published
 
 
 def in_a_batch(ctx: context.WorkerContext, job_id: str) -> bool:

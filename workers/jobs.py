@@ -19,7 +19,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from core import keys
-from core.jobs import AttackJob, PurifyJob
+from core.jobs import AttackJob, PurifyJob, check_working_size
 from models.facecrop import NoFace, box_from_list, find_faces, label_of, most_fake, purify_faces, score_faces
 from models.faces import Box
 from models.images import decode_image, encode_png
@@ -206,6 +206,9 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         return x, (_fit_side(x, ctx.settings.purify_max_side) if spec.iterative else x)
 
     x, work = prepare(input_key)
+    if spec.iterative:  # the API refuses these; a job queued another way fails here, at once (a ValueError)
+        s = ctx.settings
+        check_working_size(x.shape[-2], x.shape[-1], max_side=s.purify_max_side, min_side=s.dip_min_side)
     followers = dip_batches.claim(ctx, job, spec_job, spec, tuple(work.shape), prepare) if spec.batchable else []
     progress, stop_and_refresh = _batch_hooks(ctx, job, followers, should_stop)
     started = time.monotonic()

@@ -14,7 +14,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq.job import Job
 
-from core import jobmetrics
+from core import jobmetrics, keys
 
 log = logging.getLogger("deepfake_guard.worker")
 
@@ -70,14 +70,19 @@ class Presence:
     RQ's own worker registration cannot serve: an idle worker blocks in its dequeue for minutes between two RQ
     heartbeats. A member whose expiry (3 periods ahead) passes is a dead worker; the API trims those."""
 
-    def __init__(self, conn: Redis, name: str, period_s: float) -> None:
-        self.conn, self.name, self.period_s = conn, name, period_s
+    def __init__(self, conn: Redis, name: str, period_s: float, queues: tuple[str, ...] = ()) -> None:
+        self.conn, self.name, self.period_s, self.queues = conn, name, period_s, queues
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-presence", daemon=True)
 
     def _beat(self) -> None:
+        ttl = 3 * self.period_s
         try:
-            self.conn.zadd(jobmetrics.WORKERS_KEY, {self.name: time.time() + 3 * self.period_s})
+            with self.conn.pipeline(transaction=True) as pipe:
+                pipe.zadd(jobmetrics.WORKERS_KEY, {self.name: time.time() + ttl})
+                # Which queues it takes, for /readyz (app/routes/health.py): expires with the presence itself.
+                pipe.set(keys.worker_queues_key(self.name), ",".join(self.queues), px=int(ttl * 1000))
+                pipe.execute()
         except RedisError as exc:  # a blip must not stop the worker; the next beat retries
             log.warning("worker presence not renewed: Redis unreachable (%s)", exc)
 
@@ -86,7 +91,7 @@ class Presence:
             self._beat()
 
     def __enter__(self) -> Presence:
-        self._beat()  # present before the first job, not whenever the renewal thread first runs
+        self._beat()  # present before the first job (/readyz reads it), not whenever the renewal thread first runs
         self._thread.start()
         return self
 
@@ -95,5 +100,6 @@ class Presence:
         self._thread.join()
         try:
             self.conn.zrem(jobmetrics.WORKERS_KEY, self.name)
+            self.conn.delete(keys.worker_queues_key(self.name))
         except RedisError as exc:  # the entry then expires by itself
             log.warning("worker presence not removed: Redis unreachable (%s)", exc)

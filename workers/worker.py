@@ -4,6 +4,10 @@
 loaded once per process. A heartbeat thread keeps the job's registry entry short-lived, so when the
 process dies (SIGKILL, OOM, node loss) RQ's StartedJobRegistry cleanup retries the job within
 about ``3 * heartbeat_s`` seconds instead of after the whole job timeout.
+
+Queues by cost (docs/OPERATIONS.md, "Queues"): the worker takes the fast queue first, then the slow one (RQ
+dequeues in the order given), and a thread of the same process (``FastLaneWorker``) takes fast-queue jobs only,
+so a JPEG purification or a small attack never waits for a DIP run, even with one worker.
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ import time
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
-from workers import context, metrics
+from workers import context, dip_batches, metrics
 
 log = logging.getLogger("deepfake_guard.worker")
 
@@ -31,6 +37,13 @@ log = logging.getLogger("deepfake_guard.worker")
 #: at once with its reason. Anything else (a CUDA out-of-memory RuntimeError, a Redis blip, a killed worker)
 #: is retried up to DFG_JOB_RETRIES times.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError)
+#: How long a worker pauses after putting back a job that a live batch leader holds (``GuardWorker.execute_job``):
+#: when only such jobs are queued it would otherwise take and return them in a busy loop.
+DEFER_PAUSE_S = 0.2
+#: Longest pause between two tries to reach a Redis that is loading its data or restarting (``wait_for_redis``).
+REDIS_WAIT_MAX_S = 5.0
+#: How long a starting worker waits for Redis before it exits (a supervisor then starts it again).
+REDIS_GIVE_UP_S = 300.0
 
 
 class GuardWorker(SimpleWorker):
@@ -57,6 +70,14 @@ class GuardWorker(SimpleWorker):
                 log.warning("heartbeat for job %s failed: %s", job.id, exc)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if dip_batches.held_by_leader(self.connection, job.id):
+            # Another worker's batch is purifying it (workers/dip_batches.py): waiting for that batch would block
+            # this worker, so the job goes back to the queue, behind the others; when it comes round again its
+            # output is ready, or its leader died and it runs itself.
+            queue.enqueue_job(job)
+            log.info("job %s is in job %s's batch: put back in %s", job.id, job.meta.get("batched_with"), queue.name)
+            time.sleep(DEFER_PAUSE_S)
+            return
         execution = self.prepare_execution(job)
         done = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, done), name=f"heartbeat-{job.id}", daemon=True)
@@ -82,18 +103,101 @@ class GuardWorker(SimpleWorker):
             metrics.record(self.connection, job, str(status.value))
         # else RQ re-queued it: counted as "retried" when the next attempt begins
 
+    #: The fast-lane worker running in a thread of this process, if any (``build_worker``).
+    fast_lane: FastLaneWorker | None = None
+
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        # Present for /metrics' live-worker gauge from start to exit, idle or busy (workers/metrics.py).
-        with metrics.Presence(self.connection, self.name, self.heartbeat_s):
-            return bool(super().work(*args, **kwargs))
+        # Present for /metrics' live-worker gauge and /readyz from start to exit, idle or busy (workers/metrics.py),
+        # with the queues this process takes jobs from.
+        served = tuple(dict.fromkeys(q.name for w in (self, self.fast_lane) if w is not None for q in w.queues))
+        with metrics.Presence(self.connection, self.name, self.heartbeat_s, served):
+            lane = self.fast_lane.start(kwargs.get("burst", False)) if self.fast_lane is not None else None
+            try:
+                return bool(super().work(*args, **kwargs))
+            finally:
+                if self.fast_lane is not None and lane is not None:
+                    self.fast_lane.finish(lane)
 
 
-def build_worker(settings: Settings, conn: Redis, zoo: Zoo) -> GuardWorker:
-    queue = Queue(settings.queue_name, connection=conn)
-    worker = GuardWorker([queue], connection=conn, maintenance_interval=max(10, settings.heartbeat_s * 2))
+class FastLaneWorker(GuardWorker):
+    """A worker in a thread of the main worker's process, on the fast queue only: same detectors, same Redis
+    connection pool. Signals stay with the main thread (Python delivers them there only), so this one stops when
+    the main worker does; a job's timeout is a timer, not SIGALRM."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+    def start(self, burst: bool) -> threading.Thread:
+        thread = threading.Thread(
+            target=self.work, kwargs={"burst": burst, "with_scheduler": False}, name="fast-lane", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def finish(self, thread: threading.Thread) -> None:
+        """Stop after the job in hand (a fast one); an idle dequeue is left to end with the process."""
+        self._stop_requested = True
+        thread.join(timeout=30 if self.get_state() == WorkerStatus.BUSY else 1)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(SimpleWorker.work(self, *args, **kwargs))  # presence is the main worker's
+
+
+class _StopMarkers:
+    """``mark_stopped`` for whichever of the process's workers runs the job (RQ compares the job id)."""
+
+    def __init__(self, workers: list[GuardWorker]) -> None:
+        self.workers = workers
+
+    def mark_stopped(self, job_id: str) -> None:
+        for w in self.workers:
+            w.mark_stopped(job_id)
+
+
+LANES = ("all", "fast", "slow")
+
+
+def build_worker(settings: Settings, conn: Redis, zoo: Zoo, lanes: str = "all") -> GuardWorker:
+    """The process's worker on ``lanes``: every queue, fast first, plus (DFG_WORKER_FAST_LANE) its fast-lane thread;
+    or the fast or the slow queue only, without that thread (workers dedicated to one kind of job)."""
+    if lanes not in LANES:
+        raise ValueError(f"lanes must be one of {list(LANES)}, got {lanes!r}")
+    names = {"all": settings.queue_names, "fast": (settings.fast_queue,), "slow": (settings.slow_queue,)}[lanes]
+    queues = [Queue(name, connection=conn) for name in names]
+    interval = max(10, settings.heartbeat_s * 2)
+    worker = GuardWorker(queues, connection=conn, maintenance_interval=interval)
     worker.heartbeat_s = settings.heartbeat_s
-    context.init(context.WorkerContext(settings=settings, conn=conn, zoo=zoo, worker=worker))
+    workers = [worker]
+    if settings.worker_fast_lane and lanes == "all":
+        lane = FastLaneWorker(
+            [Queue(settings.fast_queue, connection=conn)], connection=conn, maintenance_interval=interval,
+            name=f"{worker.name}-fast",
+        )  # fmt: skip
+        lane.heartbeat_s = settings.heartbeat_s
+        worker.fast_lane = lane
+        workers.append(lane)
+    context.init(context.WorkerContext(settings=settings, conn=conn, zoo=zoo, worker=_StopMarkers(workers)))
     return worker
+
+
+def wait_for_redis(conn: Redis, *, give_up_s: float, pause_max_s: float = REDIS_WAIT_MAX_S) -> None:
+    """Return once Redis answers. A server loading its AOF (BusyLoadingError) or restarting is waited out with a
+    doubling pause up to ``pause_max_s``, for at most ``give_up_s`` seconds; then the last error is raised."""
+    deadline = time.monotonic() + give_up_s
+    pause = 0.1
+    while True:
+        try:
+            conn.ping()
+            return
+        except (BusyLoadingError, RedisConnectionError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            what = "is loading its data" if isinstance(exc, BusyLoadingError) else "is not reachable"
+            log.warning("Redis %s (%s); trying again in %.1f s", what, exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, pause_max_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", default=None, help="worker name (default: RQ's own)")
+    parser.add_argument(
+        "--queues", choices=LANES, default="all",
+        help="the queues to take jobs from: all (the fast one first, and a fast-lane thread; the default), or only "
+        "the fast or the slow one (docs/OPERATIONS.md, Queues)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,9 +226,10 @@ def run(args: argparse.Namespace) -> int:
     # Connecting is bounded by DFG_REDIS_TIMEOUT_S; the read timeout is left to RQ, which raises it above its
     # blocking dequeue (BLMOVE/BLPOP for worker_ttl - 15 s): a shorter one would break every idle wait.
     conn = Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout_s)
+    wait_for_redis(conn, give_up_s=REDIS_GIVE_UP_S)
     zoo = Zoo.from_directory(settings.checkpoints_dir, resolve_device(settings.device))
     log.info("worker loaded detectors %s on %s", zoo.names(), zoo.device)
-    worker = build_worker(settings, conn, zoo)
+    worker = build_worker(settings, conn, zoo, args.queues)
     if args.name:
         worker.name = args.name
     worker.work(burst=args.burst, logging_level=settings.log_level.upper(), with_scheduler=False)

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
 from redis import Redis
-from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app import jobs
@@ -18,7 +17,7 @@ from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
 from app.faces import faces_of
-from app.forms import MethodForm, method_form, set_signature
+from app.forms import STRICT_BOOL, MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import AttackResult, JobAccepted
@@ -57,11 +56,11 @@ CROP_HELP = (
 
 
 def _run_sync(service: DetectionService, x: Tensor, job: AttackJob) -> dict[str, Any]:
-    with service.lock:
-        outcome = attack_in_zoo(
-            service.zoo, x, method=job.method, target=job.target, source=job.source, params=job.params,
-            save_format=job.save_format, crop=job.crop, faces=[box_from_list(b) for b in job.faces] or None,
-        )  # fmt: skip
+    # In the attack threads, holding the compute behind /detect (DetectionService.run_attack, app/compute.py).
+    outcome = attack_in_zoo(
+        service.zoo, x, method=job.method, target=job.target, source=job.source, params=job.params,
+        save_format=job.save_format, crop=job.crop, faces=[box_from_list(b) for b in job.faces] or None,
+    )  # fmt: skip
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
     return {**outcome.body, "adversarial": base64.b64encode(outcome.report.encoded).decode()}
 
@@ -111,7 +110,7 @@ def build_router() -> APIRouter:
             scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS) * max(1, len(faces))
             if spec.steps(resolved) * scale <= budget:
                 try:
-                    return await run_in_threadpool(_run_sync, service, x, job)
+                    return await service.run_attack(_run_sync, service, x, job)
                 except ValueError as exc:
                     raise InvalidParameter(str(exc)) from exc
             del x
@@ -133,7 +132,7 @@ def build_router() -> APIRouter:
             ],
             None,
         ),
-        ("targeted", Annotated[bool, Form(description=TARGETED_HELP)], False),
+        ("targeted", Annotated[bool, STRICT_BOOL, Form(description=TARGETED_HELP)], False),
         (
             "save_format",
             Annotated[Literal[SAVE_FORMATS], Form(description="Judge success after saving as this.")],  # type: ignore[valid-type]

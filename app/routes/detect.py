@@ -3,12 +3,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app.deps import get_app_settings, get_detection, get_pixel_gate
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
+from app.forms import STRICT_FLOAT
 from app.metrics import ApiMetrics, get_api_metrics
 from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, FaceResult, ModelInfo, ModelRef, ModelsResponse
@@ -38,7 +40,9 @@ async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
     threshold: Annotated[
-        float, Form(ge=0.0, le=1.0, allow_inf_nan=False, description="label is fake when p_fake >= threshold.")
+        Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)],
+        STRICT_FLOAT,
+        Form(description="label is fake when p_fake >= threshold."),
     ] = 0.5,
     crop: Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)] = "none",  # type: ignore[valid-type]
     settings: Settings = Depends(get_app_settings),

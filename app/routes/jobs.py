@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
 from app import jobs
+from app.auth import PUBLIC_OWNER, current_owner
 from app.deps import get_app_settings, get_redis
 from app.errors import problem_responses
 from app.schemas import JobAccepted, JobCancelled, JobInfo
@@ -33,11 +34,21 @@ async def queue_job(
     params: dict[str, Any],
     idempotency_key: str | None,
 ) -> JobAccepted:
-    """Queue a job (``jobs.enqueue``) and set the response: 202 + Location, or 200 for an idempotent replay."""
+    """Queue a job (``jobs.enqueue``) for the request's API key (app/auth.py) and set the response: 202 + Location,
+    or 200 for an idempotent replay."""
+    owner = current_owner()
     # Redis calls block: off the event loop, so a slow Redis (up to DFG_REDIS_TIMEOUT_S) stalls only this request.
     job, created = await run_in_threadpool(
         lambda: jobs.enqueue(
-            conn, settings, func=func, kind=kind, image=image, params=params, idempotency_key=idempotency_key
+            conn,
+            settings,
+            func=func,
+            kind=kind,
+            image=image,
+            params=params,
+            idempotency_key=idempotency_key,
+            owner=owner,
+            limit_owner=settings.keys_required,
         )
     )
     location = f"/jobs/{job.id}"
@@ -46,14 +57,24 @@ async def queue_job(
     return JobAccepted(id=job.id, status=str(job.get_status(refresh=False).value), location=location)
 
 
+def request_owner(request: Request) -> str:
+    """The API key's owner id set by app/auth.py (``public`` without keys)."""
+    return str(getattr(request.state, "owner", PUBLIC_OWNER))
+
+
+Owner = Annotated[str, Depends(request_owner)]
+
+
 @router.get(
     "/jobs/{job_id}",
     response_model=JobInfo,
     summary="Status, progress and result of a job",
     responses=problem_responses(404, 422, 503),
 )
-def get_job(job_id: str, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)) -> JobInfo:
-    return jobs.describe(jobs.fetch(conn, settings, job_id), settings)
+def get_job(
+    job_id: str, owner: Owner, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
+) -> JobInfo:
+    return jobs.describe(jobs.fetch(conn, settings, job_id, owner), settings)
 
 
 @router.get(
@@ -63,9 +84,9 @@ def get_job(job_id: str, settings: Settings = Depends(get_app_settings), conn: R
     summary="The job's output image (PNG)",
 )
 def get_result(
-    job_id: str, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
+    job_id: str, owner: Owner, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
 ) -> Response:
-    job = jobs.fetch(conn, settings, job_id)
+    job = jobs.fetch(conn, settings, job_id, owner)
     return Response(jobs.result_png(conn, job), media_type="image/png")
 
 
@@ -79,9 +100,13 @@ def get_result(
     },
 )
 def delete_job(
-    job_id: str, response: Response, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
+    job_id: str,
+    response: Response,
+    owner: Owner,
+    settings: Settings = Depends(get_app_settings),
+    conn: Redis = Depends(get_redis),
 ) -> JobCancelled:
-    job = jobs.fetch(conn, settings, job_id)
+    job = jobs.fetch(conn, settings, job_id, owner)
     status = jobs.cancel(conn, settings, job)
     if status == "started":
         response.status_code = 202  # the worker stops it within seconds; poll GET /jobs/{id}

@@ -16,7 +16,7 @@ from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import JobAccepted
 from app.uploads import form_fields, read_image
-from core.jobs import PurifyJob
+from core.jobs import PurifyJob, check_working_size
 from core.settings import Settings
 from models import purify as purifiers
 from models.facecrop import CROP_MODES
@@ -63,8 +63,14 @@ def build_router() -> APIRouter:
         params = form.resolve(spec, values)
         async with gate.hold(await declared_pixels([file])):  # decoded only to be checked, then dropped
             data, x = await read_image(file, settings)
+            height, width = int(x.shape[-2]), int(x.shape[-1])
             faces = await faces_of(x, crop, file.filename)
             del x
+        if spec.iterative and crop == "none":  # DIP's working size must keep a meaningful side (DFG_DIP_MIN_SIDE)
+            try:
+                check_working_size(height, width, max_side=settings.purify_max_side, min_side=settings.dip_min_side)
+            except ValueError as exc:
+                raise InvalidParameter(str(exc)) from exc
         job = PurifyJob(method=method, params=params, crop=crop, faces=faces)
         return await queue_job(
             response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),

@@ -28,7 +28,12 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, targeted: bool =
 
 
 #: L-inf budget in pixel units, shared by the signed-gradient attacks (FGSM, PGD).
-EPS = Param("eps", float, "L-inf budget in [0,1] pixel units", default=0.02, low=0.0, high=1.0, api_low_open=True)
+#: The API refuses an eps under half an 8-bit level (1/510): every service delivers an 8-bit file, and rounding
+#: to it undoes a perturbation that small. PGD's step_size has no such bound: steps add up.
+EPS = Param(
+    "eps", float, "L-inf budget in [0,1] pixel units", default=0.02, low=0.0, high=1.0, api_low=1 / 510,
+    api_low_open=False,
+)  # fmt: skip
 
 FGSM = register(
     AttackSpec(

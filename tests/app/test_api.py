@@ -14,6 +14,7 @@ from redis import Redis
 from app.main import create_app
 from core.settings import Settings
 from tests import imagefiles as files
+from workers.metrics import Presence
 
 PROBLEM = "application/problem+json"
 
@@ -109,15 +110,18 @@ def test_upload_byte_limit_is_413(tiny_checkpoints: Path, redis_url: str) -> Non
         assert_problem(c.post("/detect", files={"file": ("big.bmp", big)}), 413, "2048 bytes")
 
 
-def test_models_health_and_readiness(client: TestClient) -> None:
+def test_models_health_and_readiness(client: TestClient, redis_url: str) -> None:
     models = client.get("/models").json()
     assert models["default"] == "tiny-vgg"
     assert {m["name"] for m in models["models"]} == {"tiny-vgg", "tiny-resnet"}
     assert all(len(m["sha256"]) == 64 and m["fake_index"] == 0 for m in models["models"])
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
-    ready = client.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["redis"] == "ok"
+    assert client.head("/healthz").status_code == 200
+    assert_problem(client.get("/readyz"), 503, "no live worker")  # no worker has started: jobs would wait
+    with Presence(Redis.from_url(redis_url), "w-1", 5, ("deepfake-guard", "deepfake-guard-slow")):
+        assert client.head("/readyz").status_code == 200
+        ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["redis"] == "ok" and ready["workers"] == 1
     assert client.get("/openapi.json").status_code == 200
 
 

@@ -1,0 +1,116 @@
+"""Fair scheduling with real worker processes (docs/OPERATIONS.md, "Queues"): cheap jobs never wait behind DIP, a
+retried job keeps its place at the front, a claimed batch follower never blocks a worker; and /readyz counts
+live workers only."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Processes, service_env, wait_for
+from tests.workers.test_e2e_jobs import job, poll_until, submit
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def cancel(base: str, *job_ids: str) -> None:
+    for j in job_ids:
+        httpx.delete(f"{base}/jobs/{j}", timeout=30)
+
+
+def test_a_jpeg_job_queued_behind_four_dip_jobs_finishes_within_seconds(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints)
+    base = processes.api(env)
+    processes.worker(env)  # one worker
+    dips = [submit(base, method="dip", max_iterations="20000", stop="fixed", seed=str(i)) for i in range(4)]
+    wait_for(lambda: job(base, dips[0])["status"] == "started", 120, "the first DIP job to start")
+    t0 = time.monotonic()
+    cheap = submit(base, method="jpeg", quality="50")
+    info, _ = poll_until(base, cheap, {"finished", "failed"}, 60)
+    waited = time.monotonic() - t0
+    assert info["status"] == "finished", info
+    assert waited < 10, f"the jpeg job took {waited:.1f} s"
+    assert job(base, dips[0])["status"] == "started" and job(base, dips[3])["status"] == "queued"
+    cancel(base, *dips)
+
+
+def test_a_retried_job_goes_back_to_the_front_of_its_queue(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints, DFG_HEARTBEAT_S="1")
+    base = processes.api(env)
+    worker = processes.worker(env)
+    first = submit(base, method="dip", max_iterations="400", stop="fixed", seed="1")
+    wait_for(lambda: (job(base, first)["progress"] or {}).get("iteration", 0) > 0, 120, "the job to make progress")
+    newer = [submit(base, method="dip", max_iterations="400", stop="fixed", seed=str(s)) for s in (2, 3, 4)]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    # the API's sweep (on polling) notices the dead worker and re-queues the job
+    wait_for(lambda: job(base, first)["status"] == "queued", 30, "the abandoned job to be re-queued")
+    processes.worker(env)
+    info, _ = poll_until(base, first, {"started", "finished", "failed"}, 120)
+    assert info["attempts"] >= 1 and info["status"] in ("started", "finished"), info
+    assert all(job(base, j)["status"] == "queued" for j in newer), [job(base, j)["status"] for j in newer]
+    cancel(base, first, *newer)
+
+
+def test_a_worker_that_takes_a_claimed_follower_goes_on_with_other_jobs(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints)
+    base = processes.api(env)
+    leader, follower = (submit(base, method="dip", max_iterations="20000", stop="fixed") for _ in range(2))
+    other = submit(base, method="dip", max_iterations="50", stop="fixed", seed="9")  # another network: no batch
+    processes.worker(env)  # takes the leader, which claims the follower
+    wait_for(lambda: (job(base, follower)["progress"] or {}).get("iteration", 0) > 0, 120, "the batch to run")
+    processes.worker(env)  # finds the follower first in the queue; waiting for its leader would block it
+    info, _ = poll_until(base, other, {"finished", "failed"}, 120)
+    assert info["status"] == "finished", info
+    assert job(base, leader)["status"] == "started" and job(base, follower)["status"] == "queued"
+    cancel(base, follower, leader)
+
+
+def test_readyz_turns_503_within_three_heartbeats_after_every_worker_is_killed(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints, DFG_HEARTBEAT_S="1")
+    base = processes.api(env)
+    workers = [processes.worker(env) for _ in range(2)]
+    ready = wait_for(
+        lambda: (r := httpx.get(f"{base}/readyz", timeout=10)).status_code == 200 and r.json()["workers"] == 2 and r,
+        120, "both workers to be ready",
+    )  # fmt: skip
+    assert ready.json()["status"] == "ready"
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait(10)
+    wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).json().get("workers") == 1, 5, "one live worker")
+    workers[1].send_signal(signal.SIGKILL)
+    workers[1].wait(10)
+    t0 = time.monotonic()
+    resp = wait_for(
+        lambda: (r := httpx.get(f"{base}/readyz", timeout=10)).status_code == 503 and r, 10, "/readyz to say 503",
+        interval_s=0.1,
+    )  # fmt: skip
+    assert time.monotonic() - t0 <= 3.5, f"{time.monotonic() - t0:.1f} s"  # three heartbeats of 1 s
+    assert "no live worker" in resp.json()["detail"]
+
+
+def test_readyz_is_503_when_a_queue_with_work_has_no_worker(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints)
+    base = processes.api(env)
+    # a worker that takes the fast queue only (its main loop on it, and no fast-lane thread)
+    processes.start([sys.executable, "-m", "workers", "--queues", "fast"], env, "worker")
+    wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200, 120, "the worker to be ready")
+    dip = submit(base, method="dip", max_iterations="50", stop="fixed")
+    resp = httpx.get(f"{base}/readyz", timeout=10)
+    assert resp.status_code == 503 and "deepfake-guard-slow" in resp.json()["detail"], resp.text
+    cancel(base, dip)
