@@ -101,9 +101,11 @@ class MethodForm:
             raise InvalidParameter(str(exc)) from exc
 
 
-def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset()) -> MethodForm:
+def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset(), prefix: str = "") -> MethodForm:
     """Fields for every public parameter (and ``preset`` where a method has presets) of ``methods``, in
-    registration and declaration order; ``skip`` names fields the route declares itself."""
+    registration and declaration order; ``skip`` names fields the route declares itself. ``prefix`` goes before
+    every field name: an adaptive attack's defence shares parameter names with attacks (``max_iterations``), so
+    its parameters are ``defense_max_iterations`` and so on."""
     fields: dict[str, FormField] = {}
     keywords: dict[tuple[str, str], str] = {}
     for m in methods:
@@ -113,8 +115,9 @@ def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset()
         for p in declared:
             if p.field in skip:
                 continue
-            entry = fields.setdefault(p.field, FormField(p.field))
+            name = prefix + p.field
+            entry = fields.setdefault(name, FormField(name))
             entry.declarations.append((m.name, p))
             entry.owners[m.name] = m
-            keywords[(m.name, p.field)] = p.name
+            keywords[(m.name, name)] = p.name
     return MethodForm(fields=fields, keywords=keywords)

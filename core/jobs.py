@@ -39,29 +39,36 @@ class PurifyJob:
 @dataclass(frozen=True)
 class AttackJob:
     """Attack one image on detector ``target``, crafted on ``source`` (black-box when it differs), delivered as
-    ``save_format``; ``params`` are the attack's keyword arguments."""
+    ``save_format``; ``params`` are the attack's keyword arguments. ``defense`` makes it adaptive: the purifier's
+    name under ``method``, its keyword arguments and the adaptive settings (``models.attacks.adaptive``); jobs
+    queued before it existed carry none."""
 
     method: str
     target: str
     source: str
     save_format: str
     params: dict[str, Any] = field(default_factory=dict)
+    defense: dict[str, Any] | None = None
 
     KIND: ClassVar[str] = "attack"
     FUNC: ClassVar[str] = keys.ATTACK_FUNC
     _OWN: ClassVar[tuple[str, ...]] = ("method", "target", "source", "save_format")
 
     def __post_init__(self) -> None:
-        clash = sorted(set(self.params) & set(self._OWN))
+        clash = sorted(set(self.params) & {*self._OWN, "defense"})
         if clash:
             raise ValueError(f"attack parameters may not be named {clash}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "target": self.target, "source": self.source,
-                "save_format": self.save_format, **self.params}  # fmt: skip
+        out = {"method": self.method, "target": self.target, "source": self.source,
+               "save_format": self.save_format, **self.params}  # fmt: skip
+        if self.defense is not None:
+            out["defense"] = dict(self.defense)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttackJob:
         rest = dict(data)
         own = {k: str(rest.pop(k)) for k in cls._OWN}
-        return cls(**own, params=rest)
+        defense = rest.pop("defense", None)
+        return cls(**own, params=rest, defense=None if defense is None else dict(defense))

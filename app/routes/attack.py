@@ -16,7 +16,7 @@ from app import jobs
 from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
-from app.forms import MethodForm, method_form
+from app.forms import FormField, MethodForm, method_form
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import AttackResult, JobAccepted
@@ -24,10 +24,20 @@ from app.uploads import form_fields, read_image
 from core.jobs import AttackJob
 from core.settings import Settings
 from models import attacks
+from models import purify as purifiers
+from models.attacks.adaptive import ADAPTIVE_PARAMS, NO_DEFENSE, Defense, resolve_defense
 from models.attacks.measure import SAVE_FORMATS, attack_in_zoo
 
-#: The form fields POST /attack declares itself; the rest come from the attacks' declarations.
-OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format")
+#: The form fields POST /attack declares itself; the rest come from the attacks' and purifiers' declarations.
+OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format", "defense")
+#: A defence's parameters are form fields of their own, named with this prefix (``defense_quality``).
+DEFENSE_PREFIX = "defense_"
+
+DEFENSE_HELP = (
+    "Attack through this purifier (an adaptive attack: BPDA and EOT, docs/ATTACKS.md) and judge the delivered file "
+    "as the defender sees it, through `resubmissions` purifier runs; `none` attacks the bare detector. Its "
+    "parameters are the purifier's, prefixed `defense_`. An iterative purifier (DIP) always runs as a queued job."
+)
 #: The image size at which the synchronous step budgets (DFG_PGD_SYNC_MAX_STEPS, DFG_CW_SYNC_MAX_STEPS) count.
 SYNC_REFERENCE_PIXELS = 512 * 512
 
@@ -41,16 +51,54 @@ def attack_form() -> MethodForm:
     return method_form(attacks.ATTACKS_REGISTRY, skip=frozenset(OWN_FIELDS))
 
 
+def defense_form() -> MethodForm:
+    """The defence's parameters: every purifier's, prefixed."""
+    return method_form(purifiers.PURIFIERS_REGISTRY, prefix=DEFENSE_PREFIX)
+
+
+def adaptive_form() -> MethodForm:
+    """The adaptive attack's own settings (``eot_samples``, ...), from their declarations."""
+    fields = {p.name: FormField(p.name, declarations=[("adaptive attacks", p)]) for p in ADAPTIVE_PARAMS}
+    return MethodForm(fields=fields, keywords={})
+
+
 def attack_fields() -> frozenset[str]:
     """Every form field of POST /attack (anything else is refused: ``app.uploads.form_fields``)."""
-    return frozenset({*OWN_FIELDS, *attack_form().fields})
+    return frozenset({*OWN_FIELDS, *attack_form().fields, *defense_form().fields, *adaptive_form().fields})
+
+
+def defense_request(
+    form: MethodForm, defense: str, values: dict[str, Any], settings: Settings
+) -> tuple[dict[str, Any], Defense] | None:
+    """The request's defence as ``AttackJob.defense`` holds it, and resolved (None for ``none``), checked now: a
+    422 names the field, never a failed job."""
+    adaptive = {p.name: values[p.name] for p in ADAPTIVE_PARAMS if values.get(p.name) is not None}
+    if defense == NO_DEFENSE:
+        stray = sorted(k for k in (*form.fields, *adaptive) if values.get(k) is not None)
+        if stray:
+            raise InvalidParameter(f"parameters {stray} apply only with a defense, got defense={defense!r}")
+        return None
+    spec = purifiers.get(defense)
+    given = {"method": defense, **form.given(spec, values), **adaptive}
+    try:
+        resolved = resolve_defense(given)
+    except ValueError as exc:
+        raise InvalidParameter(f"defense={defense!r}: {exc}") from exc
+    if resolved is None:
+        return None
+    if spec.iterative and spec.iterations_param is not None:
+        for name, cap in ((f"{DEFENSE_PREFIX}{spec.iterations_param}", resolved.params.get(spec.iterations_param)),
+                          ("bpda_iterations", resolved.bpda_iterations)):  # fmt: skip
+            if cap is not None and cap > settings.max_dip_iterations:
+                raise InvalidParameter(f"{name}={cap} exceeds the limit of {settings.max_dip_iterations}")
+    return given, resolved
 
 
 def _run_sync(service: DetectionService, x: Tensor, job: AttackJob) -> dict[str, Any]:
     with service.lock:
         outcome = attack_in_zoo(
             service.zoo, x, method=job.method, target=job.target, source=job.source, params=job.params,
-            save_format=job.save_format,
+            save_format=job.save_format, defense=job.defense,
         )  # fmt: skip
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
     return {**outcome.body, "adversarial": base64.b64encode(outcome.report.encoded).decode()}
@@ -60,7 +108,9 @@ def build_router() -> APIRouter:
     """The /attack route for the attacks registered now (the app calls this when it is created)."""
     router = APIRouter(tags=["attacks"])
     form = attack_form()
+    dform = defense_form()
     names = attacks.names()
+    defenses = [NO_DEFENSE, *purifiers.names()]
 
     async def attack(
         *,
@@ -71,6 +121,7 @@ def build_router() -> APIRouter:
         source: str | None,
         targeted: bool,
         save_format: str,
+        defense: str,
         idempotency_key: str | None,
         settings: Settings,
         service: DetectionService,
@@ -87,16 +138,27 @@ def build_router() -> APIRouter:
         # keeps the request's own values (a preset stays named); the attack resolves them again, identically.
         given = {**form.given(spec, values), **extra}
         resolved = form.resolve(spec, values, **extra)
+        defended = defense_request(dform, defense, values, settings)
         tgt = service.model(target)
         src = service.model(source) if source else tgt
-        job = AttackJob(method=method, target=tgt.name, source=src.name, save_format=save_format, params=given)
+        job = AttackJob(
+            method=method, target=tgt.name, source=src.name, save_format=save_format, params=given,
+            defense=None if defended is None else defended[0],
+        )  # fmt: skip
+        # Through a cheap purifier each attack step costs a detector pass per EOT sample; an iterative purifier
+        # (DIP) costs thousands of steps per pass and is always queued (docs/ATTACKS.md, "Adaptive attacks").
+        cost, queue_anyway = 1, False
+        if defended is not None:
+            d = defended[1]
+            queue_anyway = d.spec.iterative
+            cost = d.eot_samples if d.spec.randomized else 1
         async with gate.hold(await declared_pixels([file])):  # the full-size image, until the attack is done
             data, x = await read_image(file, settings)
             # An attack works at the upload's own resolution, so a step on a 40 Mpx image costs ~150 at 512 x 512:
             # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
             budget = settings.cw_sync_max_steps if spec.sync_budget == "optimizer" else settings.pgd_sync_max_steps
             scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS)
-            if spec.steps(resolved) * scale <= budget:
+            if not queue_anyway and spec.steps(resolved) * cost * scale <= budget:
                 try:
                     return await run_in_threadpool(_run_sync, service, x, job)
                 except ValueError as exc:
@@ -126,6 +188,11 @@ def build_router() -> APIRouter:
             Annotated[Literal[SAVE_FORMATS], Form(description="Judge success after saving as this.")],  # type: ignore[valid-type]
             "png",
         ),
+        (
+            "defense",
+            Annotated[Literal[tuple(defenses)], Form(description=DEFENSE_HELP)],  # type: ignore[misc]
+            NO_DEFENSE,
+        ),
         ("idempotency_key", IdempotencyKey, None),
         ("settings", Settings, Depends(get_app_settings)),
         ("service", DetectionService, Depends(get_detection)),
@@ -134,7 +201,10 @@ def build_router() -> APIRouter:
     ]
     kw = inspect.Parameter.KEYWORD_ONLY
     attack.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own] + form.parameters()
+        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own]
+        + form.parameters()
+        + dform.parameters()
+        + adaptive_form().parameters()
     )
     router.add_api_route(
         "/attack",
