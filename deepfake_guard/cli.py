@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attack": ("deepfake_guard.commands.attack", "attack a detector on an image or a folder of images"),
     "purify": ("deepfake_guard.commands.purify", "purify an image locally (no server needed)"),
     "methods": ("deepfake_guard.commands.methods_list", "list the attacks and purifiers with their parameters"),
+    "robustness": (
+        "deepfake_guard.commands.robustness",
+        "robust accuracy under the two-class standard suite (APGD-CE + FAB + Square), RobustBench-shaped JSON",
+    ),
     "evaluate": (
         "deepfake_guard.commands.evaluate",
         "regenerate the paper's tables: clean, attacks, Lipschitz detectors, DIP",
