@@ -25,6 +25,11 @@ class DetectionResult(BaseModel):
 class DetectResponse(BaseModel):
     model: ModelRef
     threshold: float
+    threshold_source: Literal["request", "checkpoint", "default"] = Field(
+        default="request",
+        description="Where `threshold` came from: the request, the checkpoint's fitted operating threshold "
+        "(`metrics.calibration`), or 0.5 when neither gives one.",
+    )
     results: list[DetectionResult]
 
 

@@ -31,8 +31,14 @@ async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
     threshold: Annotated[
-        float, Form(ge=0.0, le=1.0, allow_inf_nan=False, description="label is fake when p_fake >= threshold.")
-    ] = 0.5,
+        float | None,
+        Form(
+            ge=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="label is fake when p_fake >= threshold (default: the checkpoint's fitted one, else 0.5).",
+        ),
+    ] = None,
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
     gate: PixelGate = Depends(get_pixel_gate),
@@ -41,6 +47,9 @@ async def detect(
     if len(file) > settings.max_files:
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
     loaded = service.model(model)
+    fitted = loaded.meta.threshold
+    source = "request" if threshold is not None else "checkpoint" if fitted is not None else "default"
+    threshold = threshold if threshold is not None else fitted if fitted is not None else 0.5
     async with gate.hold(await declared_pixels(file)):  # until the full-size images are scored and dropped
         images = await read_images(file, settings)
         scores = await service.score(loaded, images)
@@ -51,6 +60,7 @@ async def detect(
     return DetectResponse(
         model=ref,
         threshold=threshold,
+        threshold_source=source,
         results=[
             DetectionResult(
                 filename=f.filename,
