@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             f"precision {metrics['precision']} recall {metrics['recall']}"
         )
 
+    calibration = None
     if args.calibrate is not None:
         from models.evaluation.calibration import calibrate, folder_scores, roc_curve, roc_png
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as exc:
             return _error(str(exc))
         record["fitted_on"]["path"] = str(args.calibrate)
-        metrics = {**(metrics or {}), "calibration": record}
+        calibration = record
         test = record.get("test")
         print(
             f"threshold {record['threshold']:.4g} for FPR {args.target_fpr:g} on {args.calibrate}"
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["deepfake-guard", *argv]),
         argv=argv,
         metrics=metrics,
+        calibration=calibration,
         extra={"libraries": _versions(), "date": datetime.now(UTC).isoformat(timespec="seconds")},
     )
     print(f"wrote {weights} (sha256 {digest[:12]}) and {meta_path}")

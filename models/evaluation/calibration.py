@@ -66,7 +66,9 @@ def tpr_at_fpr(fpr: Tensor, tpr: Tensor, target: float) -> float:
 
 def fit_threshold(p_fake: Tensor, labels: Tensor, target_fpr: float) -> float:
     """The lowest threshold whose FPR on these images is at most ``target_fpr`` (so the most fakes are caught
-    under that constraint). Fit it on validation images, then measure it on test images."""
+    under that constraint). Fit it on validation images, then measure it on test images. Thresholds live in
+    [0, 1]: when reals score exactly 1.0 (a saturated softmax) no threshold keeps them out, the target is not
+    reachable, and the FPR the record states (``rates_at``) says so."""
     if not 0 <= target_fpr < 1:
         raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr!r}")
     fpr, _, thresholds = roc_curve(p_fake, labels)
