@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--bpda-iterations", type=int, default=50)
     ap.add_argument("--eot", type=int, default=2)
     ap.add_argument("--resub", type=int, default=2)
+    ap.add_argument("--purifiers", nargs="+", choices=purifiers.names(), default=purifiers.names())
+    ap.add_argument("--no-step-costs", action="store_true", help="skip the DIP step timing")
     ap.add_argument("--out", type=Path, default=Path("runs/adaptive.json"))
     args = ap.parse_args()
     det = checkpoint.load(args.checkpoint).detector.eval()
@@ -80,7 +82,7 @@ def main() -> None:
         plain = attack_and_measure(PGD.name, det, x, params=params, y=y, generator=torch.Generator().manual_seed(0))
         plain_s = (time.perf_counter() - t) / len(x)
         delivered = torch.stack([r.adv for r in plain])
-        for spec in purifiers.PURIFIERS_REGISTRY:
+        for spec in (purifiers.get(name) for name in args.purifiers):
             d = resolve_defense(defense_request(spec, args))
             assert d is not None
             t = time.perf_counter()
