@@ -294,7 +294,7 @@ CW_L2 = register(
                 "round_finish",
                 bool,
                 "round each pixel to the 8-bit level that keeps the attack (survives 8-bit delivery)",
-                default=False,
+                nullable=True,  # left out, the function's own default (off) applies and presets stay as they were
             ),
             TARGETED,
         ),
