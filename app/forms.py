@@ -139,28 +139,32 @@ class MethodForm:
 
 
 def set_signature(
-    endpoint: Callable[..., Any], own: list[tuple[str, Any, Any]], form: MethodForm
+    endpoint: Callable[..., Any], own: list[tuple[str, Any, Any]], *forms: MethodForm
 ) -> Callable[..., Any]:
     """Give ``endpoint`` (which takes ``**values``) the signature FastAPI reads its parameters from: the route's
-    own ``(name, annotation, default)`` ones, then the derived form fields, all keyword-only."""
+    own ``(name, annotation, default)`` ones, then each form's derived fields, all keyword-only."""
     kw = inspect.Parameter.KEYWORD_ONLY
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own] + form.parameters()
+        [inspect.Parameter(n, kw, annotation=a, default=d) for n, a, d in own]
+        + [parameter for form in forms for parameter in form.parameters()]
     )
     return endpoint
 
 
-def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset()) -> MethodForm:
+def method_form(methods: Iterable[Method], *, skip: frozenset[str] = frozenset(), prefix: str = "") -> MethodForm:
     """Fields for every public parameter (and ``preset`` where a method has presets) of ``methods``, in
-    registration and declaration order; ``skip`` names fields the route declares itself."""
+    registration and declaration order; ``skip`` names fields the route declares itself. ``prefix`` goes before
+    every field name: an adaptive attack's defence shares parameter names with attacks (``max_iterations``), so
+    its parameters are ``defense_max_iterations`` and so on."""
     fields: dict[str, FormField] = {}
     keywords: dict[tuple[str, str], str] = {}
     for m in methods:
         for p in m.request_params:
             if p.field in skip:
                 continue
-            entry = fields.setdefault(p.field, FormField(p.field))
+            name = prefix + p.field
+            entry = fields.setdefault(name, FormField(name))
             entry.declarations.append((m.name, p))
             entry.owners[m.name] = m
-            keywords[(m.name, p.field)] = p.name
+            keywords[(m.name, name)] = p.name
     return MethodForm(fields=fields, keywords=keywords)

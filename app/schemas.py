@@ -37,6 +37,11 @@ class DetectionResult(BaseModel):
 class DetectResponse(BaseModel):
     model: ModelRef
     threshold: float
+    threshold_source: Literal["request", "checkpoint", "default"] = Field(
+        default="request",
+        description="Where `threshold` came from: the request, the checkpoint's fitted operating threshold "
+        "(`metrics.calibration`), or 0.5 when neither gives one.",
+    )
     results: list[DetectionResult]
 
 
@@ -115,6 +120,25 @@ class JobCancelled(BaseModel):
     status: str
 
 
+class DefenseOutcome(BaseModel):
+    """How an adaptive attack saw the defence, and how the defence judged the delivered file (docs/ATTACKS.md)."""
+
+    purifier: str
+    params: dict[str, Any] = Field(description="The defence's parameters, as it judged the delivered file.")
+    bpda: Literal["identity", "exact"] = Field(description="The backward pass the attack used through the purifier.")
+    randomized: bool
+    eot_samples: int = Field(description="Purifier runs averaged per attack step.")
+    resubmissions: int = Field(description="Independent purifier runs the delivered file was judged by.")
+    attack_params: dict[str, Any] = Field(
+        description="The purifier's parameters inside the attack (it may run fewer steps)."
+    )
+    p_fake_after: list[float] = Field(description="The target's p_fake of each purified resubmission.")
+    success_any: bool = Field(description="Some resubmission fooled the defended detector (the worst case).")
+    success_all: bool
+    success_rate: float
+    bare_success: bool = Field(description="The delivered file fools the detector without the purifier.")
+
+
 class AttackResult(BaseModel):
     """A synchronous attack's answer (a queued one's job `result` has the same fields, without `adversarial`)."""
 
@@ -132,11 +156,17 @@ class AttackResult(BaseModel):
     linf: float
     psnr: float | None = Field(description="dB; null when the delivered image equals the input.")
     iterations: int = Field(description="Optimisation steps actually run.")
-    success: bool = Field(description="The target's label of the delivered file differs from the clean one's.")
+    success: bool = Field(
+        description="The target's label of the delivered file differs from the clean one's (with a defense: that of "
+        "some purified resubmission, `defense.success_any`)."
+    )
     source_p_fake_before: float | None = Field(description="Black-box runs: the crafting detector's p_fake.")
     source_p_fake_after: float | None
     target: ModelRef
     source: ModelRef
+    defense: DefenseOutcome | None = Field(
+        default=None, description="Adaptive attacks (defense other than none): the defence and its verdicts."
+    )
     adversarial: str = Field(description="The delivered file, base64 (PNG, or JPEG for jpeg75).")
     adversarial_media_type: Literal["image/png", "image/jpeg"]
     perturbation: str = Field(description="The perturbation magnified to full range around mid-grey, base64 PNG.")

@@ -36,6 +36,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "kappa 0, lr 0.05": {"kappa": 0.0},
     "kappa 0, lr 0.01": {"kappa": 0.0, "lr": 0.01},
     "kappa 1, lr 0.01": {"lr": 0.01},
+    "kappa 0, lr 0.05, rounding finish": {"kappa": 0.0, "round_finish": True},
+    "kappa 0, lr 0.01, rounding finish": {"kappa": 0.0, "lr": 0.01, "round_finish": True},
+    "kappa 1, lr 0.05, rounding finish": {"round_finish": True},
 }
 
 

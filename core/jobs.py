@@ -81,7 +81,9 @@ class PurifyJob:
 @dataclass(frozen=True)
 class AttackJob:
     """Attack one image on detector ``target``, crafted on ``source`` (black-box when it differs), delivered as
-    ``save_format``; ``params`` are the attack's keyword arguments."""
+    ``save_format``; ``params`` are the attack's keyword arguments. ``defense`` makes it adaptive: the purifier's
+    name under ``method``, its keyword arguments and the adaptive settings (``models.attacks.adaptive``); jobs
+    queued before it existed carry none."""
 
     method: str
     target: str
@@ -90,22 +92,27 @@ class AttackJob:
     params: dict[str, Any] = field(default_factory=dict)
     crop: str = "none"
     faces: tuple[FaceBox, ...] = ()
+    defense: dict[str, Any] | None = None
 
     KIND: ClassVar[str] = "attack"
     FUNC: ClassVar[str] = keys.ATTACK_FUNC
     _OWN: ClassVar[tuple[str, ...]] = ("method", "target", "source", "save_format")
 
     def __post_init__(self) -> None:
-        clash = sorted(set(self.params) & {*self._OWN, "crop", "faces"})
+        clash = sorted(set(self.params) & {*self._OWN, "crop", "faces", "defense"})
         if clash:
             raise ValueError(f"attack parameters may not be named {clash}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "target": self.target, "source": self.source,
-                "save_format": self.save_format, **self.params, **_crop_json(self.crop, self.faces)}  # fmt: skip
+        out = {"method": self.method, "target": self.target, "source": self.source,
+               "save_format": self.save_format, **self.params, **_crop_json(self.crop, self.faces)}  # fmt: skip
+        if self.defense is not None:
+            out["defense"] = dict(self.defense)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttackJob:
         rest = dict(data)
         own = {k: str(rest.pop(k)) for k in cls._OWN}
-        return cls(**own, **_pop_crop(rest), params=rest)  # type: ignore[arg-type]
+        defense = rest.pop("defense", None)
+        return cls(**own, **_pop_crop(rest), params=rest, defense=None if defense is None else dict(defense))  # type: ignore[arg-type]

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "purify": ("deepfake_guard.commands.purify", "purify an image locally (no server needed)"),
     "hash-key": ("deepfake_guard.commands.hash_key", "print the sha256 digest of an API key (DFG_API_KEYS)"),
     "methods": ("deepfake_guard.commands.methods_list", "list the attacks and purifiers with their parameters"),
+    "robustness": (
+        "deepfake_guard.commands.robustness",
+        "robust accuracy under the two-class standard suite (APGD-CE + FAB + Square), RobustBench-shaped JSON",
+    ),
     "evaluate": (
         "deepfake_guard.commands.evaluate",
         "regenerate the paper's tables: clean, attacks, Lipschitz detectors, DIP",

@@ -59,6 +59,17 @@ class CheckpointMeta:
                 f"format_version {self.format_version} is newer than this reader's {FORMAT_VERSION}; upgrade"
             )
 
+    @property
+    def threshold(self) -> float | None:
+        """The operating threshold on p_fake fitted for a target FPR (``metrics.calibration``, written by
+        ``import-detector --calibrate``; models/evaluation/calibration.py), None when the checkpoint has none
+        (older checkpoints) or holds one outside [0, 1]."""
+        cal = self.metrics.get("calibration")
+        value = cal.get("threshold") if isinstance(cal, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            return None
+        return float(value)
+
     def semantics(self) -> dict[str, Any]:
         """How the detector reads its input and output (what ``GET /models`` shows beside the metrics)."""
         return {

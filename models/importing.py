@@ -374,6 +374,7 @@ def write(
     argv: Sequence[str],
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> str:
     """Write ``out``.safetensors + ``out``.json; returns the written weights' sha256."""
     meta = imported.meta
@@ -386,5 +387,7 @@ def write(
         **(extra or {}),
     }
     meta.metrics = {"eval": metrics} if metrics is not None else {}
+    if calibration is not None:  # the operating threshold /detect applies (models/evaluation/calibration.py)
+        meta.metrics["calibration"] = calibration
     json.dumps(meta.to_json())  # fail here, before any file is written, if something is not JSON
     return checkpoint.save(imported.detector, out, meta)

@@ -351,7 +351,7 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     x = _load_input(ctx, input_key)
     outcome = attack_in_zoo(
         ctx.zoo, x, method=spec_job.method, target=spec_job.target, source=spec_job.source,
-        params=spec_job.params, save_format=spec_job.save_format, progress=_reporter(job),
+        params=spec_job.params, save_format=spec_job.save_format, defense=spec_job.defense, progress=_reporter(job),
         should_stop=_stop_check(ctx, job), crop=spec_job.crop,
         faces=[box_from_list(b) for b in spec_job.faces] or None,
     )  # fmt: skip

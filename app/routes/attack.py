@@ -17,7 +17,7 @@ from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
 from app.faces import faces_of
-from app.forms import STRICT_BOOL, MethodForm, method_form, set_signature
+from app.forms import STRICT_BOOL, FormField, MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import AttackResult, JobAccepted
@@ -25,11 +25,21 @@ from app.uploads import form_fields, read_image
 from core.jobs import AttackJob
 from core.settings import Settings
 from models import attacks
+from models import purify as purifiers
+from models.attacks.adaptive import ADAPTIVE_PARAMS, NO_DEFENSE, Defense, resolve_defense
 from models.attacks.measure import SAVE_FORMATS, attack_in_zoo
 from models.facecrop import CROP_MODES, box_from_list
 
-#: The form fields POST /attack declares itself; the rest come from the attacks' declarations.
-OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format", "crop")
+#: The form fields POST /attack declares itself; the rest come from the attacks' and purifiers' declarations.
+OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format", "crop", "defense")
+#: A defence's parameters are form fields of their own, named with this prefix (``defense_quality``).
+DEFENSE_PREFIX = "defense_"
+
+DEFENSE_HELP = (
+    "Attack through this purifier (an adaptive attack: BPDA and EOT, docs/ATTACKS.md) and judge the delivered file "
+    "as the defender sees it, through `resubmissions` purifier runs; `none` attacks the bare detector. Its "
+    "parameters are the purifier's, prefixed `defense_`. An iterative purifier (DIP) always runs as a queued job."
+)
 #: The image size at which the synchronous step budgets (DFG_PGD_SYNC_MAX_STEPS, DFG_CW_SYNC_MAX_STEPS) count.
 SYNC_REFERENCE_PIXELS = 512 * 512
 
@@ -43,9 +53,47 @@ def attack_form() -> MethodForm:
     return method_form(attacks.ATTACKS_REGISTRY, skip=frozenset(OWN_FIELDS))
 
 
+def defense_form() -> MethodForm:
+    """The defence's parameters: every purifier's, prefixed."""
+    return method_form(purifiers.PURIFIERS_REGISTRY, prefix=DEFENSE_PREFIX)
+
+
+def adaptive_form() -> MethodForm:
+    """The adaptive attack's own settings (``eot_samples``, ...), from their declarations."""
+    fields = {p.name: FormField(p.name, declarations=[("adaptive attacks", p)]) for p in ADAPTIVE_PARAMS}
+    return MethodForm(fields=fields, keywords={})
+
+
 def attack_fields() -> frozenset[str]:
     """Every form field of POST /attack (anything else is refused: ``app.uploads.form_fields``)."""
-    return frozenset({*OWN_FIELDS, *attack_form().fields})
+    return frozenset({*OWN_FIELDS, *attack_form().fields, *defense_form().fields, *adaptive_form().fields})
+
+
+def defense_request(
+    form: MethodForm, defense: str, values: dict[str, Any], settings: Settings
+) -> tuple[dict[str, Any], Defense] | None:
+    """The request's defence as ``AttackJob.defense`` holds it, and resolved (None for ``none``), checked now: a
+    422 names the field, never a failed job."""
+    adaptive = {p.name: values[p.name] for p in ADAPTIVE_PARAMS if values.get(p.name) is not None}
+    if defense == NO_DEFENSE:
+        stray = sorted(k for k in (*form.fields, *adaptive) if values.get(k) is not None)
+        if stray:
+            raise InvalidParameter(f"parameters {stray} apply only with a defense, got defense={defense!r}")
+        return None
+    spec = purifiers.get(defense)
+    given = {"method": defense, **form.given(spec, values), **adaptive}
+    try:
+        resolved = resolve_defense(given)
+    except ValueError as exc:
+        raise InvalidParameter(f"defense={defense!r}: {exc}") from exc
+    if resolved is None:
+        return None
+    if spec.iterative and spec.iterations_param is not None:
+        for name, cap in ((f"{DEFENSE_PREFIX}{spec.iterations_param}", resolved.params.get(spec.iterations_param)),
+                          ("bpda_iterations", resolved.bpda_iterations)):  # fmt: skip
+            if cap is not None and cap > settings.max_dip_iterations:
+                raise InvalidParameter(f"{name}={cap} exceeds the limit of {settings.max_dip_iterations}")
+    return given, resolved
 
 
 CROP_HELP = (
@@ -59,7 +107,8 @@ def _run_sync(service: DetectionService, x: Tensor, job: AttackJob) -> dict[str,
     # In the attack threads, holding the compute behind /detect (DetectionService.run_attack, app/compute.py).
     outcome = attack_in_zoo(
         service.zoo, x, method=job.method, target=job.target, source=job.source, params=job.params,
-        save_format=job.save_format, crop=job.crop, faces=[box_from_list(b) for b in job.faces] or None,
+        save_format=job.save_format, defense=job.defense, crop=job.crop,
+        faces=[box_from_list(b) for b in job.faces] or None,
     )  # fmt: skip
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
     return {**outcome.body, "adversarial": base64.b64encode(outcome.report.encoded).decode()}
@@ -69,7 +118,9 @@ def build_router() -> APIRouter:
     """The /attack route for the attacks registered now (the app calls this when it is created)."""
     router = APIRouter(tags=["attacks"])
     form = attack_form()
+    dform = defense_form()
     names = attacks.names()
+    defenses = [NO_DEFENSE, *purifiers.names()]
 
     async def attack(
         *,
@@ -81,6 +132,7 @@ def build_router() -> APIRouter:
         targeted: bool,
         save_format: str,
         crop: str,
+        defense: str,
         idempotency_key: str | None,
         settings: Settings,
         service: DetectionService,
@@ -97,9 +149,22 @@ def build_router() -> APIRouter:
         # keeps the request's own values (a preset stays named); the attack resolves them again, identically.
         given = {**form.given(spec, values), **extra}
         resolved = form.resolve(spec, values, **extra)
+        defended = defense_request(dform, defense, values, settings)
+        if defended is not None and crop == "faces":
+            raise InvalidParameter("crop=faces attacks the bare detector: an adaptive attack (defense) needs crop=none")
         tgt = service.model(target)
         src = service.model(source) if source else tgt
-        job = AttackJob(method=method, target=tgt.name, source=src.name, save_format=save_format, params=given)
+        job = AttackJob(
+            method=method, target=tgt.name, source=src.name, save_format=save_format, params=given,
+            defense=None if defended is None else defended[0],
+        )  # fmt: skip
+        # Through a cheap purifier each attack step costs a detector pass per EOT sample; an iterative purifier
+        # (DIP) costs thousands of steps per pass and is always queued (docs/ATTACKS.md, "Adaptive attacks").
+        cost, queue_anyway = 1, False
+        if defended is not None:
+            d = defended[1]
+            queue_anyway = d.spec.iterative
+            cost = d.eot_samples if d.spec.randomized else 1
         async with gate.hold(await declared_pixels([file])):  # the full-size image, until the attack is done
             data, x = await read_image(file, settings)
             faces = await faces_of(x, crop, file.filename)
@@ -108,7 +173,7 @@ def build_router() -> APIRouter:
             # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
             budget = settings.cw_sync_max_steps if spec.sync_budget == "optimizer" else settings.pgd_sync_max_steps
             scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS) * max(1, len(faces))
-            if spec.steps(resolved) * scale <= budget:
+            if not queue_anyway and spec.steps(resolved) * cost * scale <= budget:
                 try:
                     return await service.run_attack(_run_sync, service, x, job)
                 except ValueError as exc:
@@ -139,13 +204,18 @@ def build_router() -> APIRouter:
             "png",
         ),
         ("crop", Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)], "none"),  # type: ignore[valid-type]
+        (
+            "defense",
+            Annotated[Literal[tuple(defenses)], Form(description=DEFENSE_HELP)],  # type: ignore[misc]
+            NO_DEFENSE,
+        ),
         ("idempotency_key", IdempotencyKey, None),
         ("settings", Settings, Depends(get_app_settings)),
         ("service", DetectionService, Depends(get_detection)),
         ("conn", Redis, Depends(get_redis)),
         ("gate", PixelGate, Depends(get_pixel_gate)),
     ]
-    set_signature(attack, own, form)
+    set_signature(attack, own, form, dform, adaptive_form())
     router.add_api_route(
         "/attack",
         attack,

@@ -40,10 +40,10 @@ async def detect(
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
     threshold: Annotated[
-        Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)],
+        Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None,
         STRICT_FLOAT,
-        Form(description="label is fake when p_fake >= threshold."),
-    ] = 0.5,
+        Form(description="label is fake when p_fake >= threshold (default: the checkpoint's fitted one, else 0.5)."),
+    ] = None,
     crop: Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)] = "none",  # type: ignore[valid-type]
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
@@ -53,6 +53,9 @@ async def detect(
     if len(file) > settings.max_files:
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
     loaded = service.model(model)
+    fitted = loaded.meta.threshold
+    source = "request" if threshold is not None else "checkpoint" if fitted is not None else "default"
+    threshold = threshold if threshold is not None else fitted if fitted is not None else 0.5
     async with gate.hold(await declared_pixels(file)):  # until the full-size images are scored and dropped
         images = await read_images(file, settings)
         if crop == "faces":
@@ -73,7 +76,8 @@ async def detect(
         del images
     api_metrics.detect_images.labels(loaded.name).inc(len(results))
     api_metrics.detect_request_images.observe(len(results))
-    return DetectResponse(model=ModelRef(name=loaded.name, sha256=loaded.sha256), threshold=threshold, results=results)
+    ref = ModelRef(name=loaded.name, sha256=loaded.sha256)
+    return DetectResponse(model=ref, threshold=threshold, threshold_source=source, results=results)
 
 
 async def _score_faces(

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from deepfake_guard.commands.methods import add_method_arguments, given_params
+from deepfake_guard.commands.methods import add_defense_arguments, add_method_arguments, given_defense, given_params
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CSV_COLUMNS = [
     "file", "target", "source", "method", "save_format", "label_before", "label_after", "success",
     "p_fake_before", "p_fake_after", "source_p_fake_before", "source_p_fake_after", "l2", "linf", "psnr",
-    "iterations",
+    "iterations", "defense", "defense_success_rate", "defense_success_all", "defense_p_fake_after",
 ]  # fmt: skip
 
 
@@ -38,6 +38,7 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="reach the class --label names (without --label: the other class than the target's clean verdict)",
     )
+    add_defense_arguments(p)
     p.add_argument("--save-format", choices=SAVE_FORMATS, default="png", help="what is delivered and judged")
     p.add_argument("--label", choices=("fake", "real"), default=None, help="true label of every image "
                    "(default: attack the detector's own verdict)")  # fmt: skip
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from models import attacks, checkpoint
+    from models.attacks.adaptive import resolve_defense
     from models.attacks.measure import attack_and_measure, perturbation_picture
     from models.detector import CLASS_NAMES
     from models.devices import resolve_device
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--method {spec.name} has no targeted mode")
             params["targeted"] = True
         spec.resolve(params)  # fail before loading anything
+        defense = resolve_defense(given_defense(args))
         target = checkpoint.load(args.checkpoints / args.target, map_location=device).detector
         source = checkpoint.load(args.checkpoints / args.source, map_location=device).detector if args.source else None
     except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         y = None if label is None else torch.full((len(x),), label, dtype=torch.long, device=device)
         reports = attack_and_measure(
             args.method, target, x, source=source, params=params, save_format=args.save_format, y=y,
-            progress=on_progress, generator=generator,
+            defense=defense, progress=on_progress, generator=generator,
         )  # fmt: skip
         for file, x_i, report in zip(batch_files, x, reports, strict=True):
             out = (args.output / file.relative_to(root)).with_suffix(suffix)
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             if args.perturbation:
                 save_png(perturbation_picture(x_i.cpu(), report.adv), out.with_name(f"{out.stem}.perturbation.png"))
             rows.append({"file": str(file.relative_to(root)), "target": args.target, "source": args.source or "",
-                         **report.metrics()})  # fmt: skip
+                         **report.metrics(), **_defense_columns(report.defense)})  # fmt: skip
         bar.update(len(batch_files))
     bar.close()
     skipped = len(files) - len(rows)
@@ -126,12 +129,26 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in rows)
     fooled = sum(bool(r["success"]) for r in rows)
+    through = "" if defense is None else f", through {defense.purifier} as the defender judges it"
     print(
         f"fooled {args.target} on {fooled}/{len(rows)} images ({args.method}, delivered as {args.save_format}"
-        f"{', crafted on ' + args.source if args.source else ''}); wrote {args.output / 'metrics.csv'}"
+        f"{', crafted on ' + args.source if args.source else ''}{through}); wrote {args.output / 'metrics.csv'}"
         + (f"; skipped {skipped} unreadable" if skipped else "")
     )
     return 0
+
+
+def _defense_columns(outcome: dict[str, Any] | None) -> dict[str, Any]:
+    """An adaptive attack's verdicts through the defence, flat for the CSV (``success`` is then ``success_any``)."""
+    if outcome is None:
+        return {"defense": None, "defense_success_rate": None, "defense_success_all": None,
+                "defense_p_fake_after": None}  # fmt: skip
+    return {
+        "defense": outcome["purifier"],
+        "defense_success_rate": outcome["success_rate"],
+        "defense_success_all": outcome["success_all"],
+        "defense_p_fake_after": " ".join(f"{p:.4f}" for p in outcome["p_fake_after"]),
+    }
 
 
 def _batches(files: list[Path], size: int, load: Any, error: type[Exception], bar: Any) -> Iterator[tuple[list, Any]]:

@@ -49,6 +49,12 @@ def add_parser(subparsers: Any) -> None:
         help="accept TorchScript / torch.export programs (their code runs once, here; only the weights are kept)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument(
+        "--calibrate", metavar="IMAGEFOLDER", help="validation folder (fake/, real/): fit the operating threshold for "
+        "--target-fpr on it; /detect then uses it when a request gives none (with --eval: ROC figures on that folder)",
+    )  # fmt: skip
+    p.add_argument("--target-fpr", type=float, default=0.05, help="false-positive rate for --calibrate (default 0.05)")
+    p.add_argument("--roc", metavar="PNG", help="with --calibrate and --eval: write the ROC curve there")
     p.add_argument("--batch-size", type=int, default=32, help="batch size for --eval")
     p.add_argument("--device", default="cpu", help="device for --eval: cpu, cuda or cuda:N (default cpu)")
 
@@ -136,6 +142,30 @@ def run(args: argparse.Namespace) -> int:
             f"precision {metrics['precision']} recall {metrics['recall']}"
         )
 
+    calibration = None
+    if args.calibrate is not None:
+        from models.evaluation.calibration import calibrate, folder_scores, roc_curve, roc_png
+
+        try:
+            model = imported.detector.to(args.device).eval()
+            val_p, val_y = folder_scores(model, args.calibrate, device=args.device)
+            test_p, test_y = folder_scores(model, args.eval, device=args.device) if args.eval else (None, None)
+            record = calibrate(val_p, val_y, test_p, test_y, target_fpr=args.target_fpr)
+            imported.detector.to("cpu")
+        except (FileNotFoundError, ValueError) as exc:
+            return _error(str(exc))
+        record["fitted_on"]["path"] = str(args.calibrate)
+        calibration = record
+        test = record.get("test")
+        print(
+            f"threshold {record['threshold']:.4g} for FPR {args.target_fpr:g} on {args.calibrate}"
+            + ("" if test is None else f"; on --eval: AUROC {test['auroc']:.4f} EER {test['eer']:.4f} "
+               f"TPR@1% {test['tpr_at_fpr_1pct']:.4f} TPR@5% {test['tpr_at_fpr_5pct']:.4f}")
+        )  # fmt: skip
+        if args.roc and test_p is not None and test_y is not None:
+            fpr, tpr, _ = roc_curve(test_p, test_y)
+            print(f"wrote {roc_png({Path(args.out).name: (fpr, tpr)}, args.roc)}")
+
     argv = list(getattr(args, "cli_argv", None) or sys.argv[1:])
     digest = write(
         imported,
@@ -143,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["deepfake-guard", *argv]),
         argv=argv,
         metrics=metrics,
+        calibration=calibration,
         extra={"libraries": _versions(), "date": datetime.now(UTC).isoformat(timespec="seconds")},
     )
     print(f"wrote {weights} (sha256 {digest[:12]}) and {meta_path}")

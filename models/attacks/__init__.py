@@ -13,6 +13,9 @@ from models.attacks.fgsm import FGSM as FGSM, fgsm as fgsm
 from models.attacks.pgd import PGD as PGD, pgd as pgd
 from models.attacks.cw import CW_L2 as CW_L2, CW_LIMITS as CW_LIMITS, CW_PRESETS as CW_PRESETS
 from models.attacks.cw import CWResult as CWResult, cw_l2 as cw_l2
+from models.attacks.apgd import APGD_CE as APGD_CE, apgd_ce as apgd_ce
+from models.attacks.fab import FAB as FAB, fab as fab
+from models.attacks.square import SQUARE as SQUARE, square as square
 
 # isort: on
 from models.attacks.registry import ATTACKS_REGISTRY as ATTACKS_REGISTRY

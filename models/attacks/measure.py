@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from models.attacks import registry
 from models.attacks._common import eval_mode
+from models.attacks.adaptive import Defended, Defense, judge, resolve_defense
 from models.detector import CLASS_NAMES, FAKE_INDEX
 from models.facecrop import NoFace, check_crop, find_faces
 from models.faces import Box
@@ -48,6 +49,9 @@ class AttackReport:
     success: bool
     source_p_fake_before: float | None = None
     source_p_fake_after: float | None = None
+    #: Adaptive attacks only (``models.attacks.adaptive``): the defence, and the target's verdicts on each purified
+    #: resubmission of the delivered file; ``success`` is then ``success_any`` (the attacker may resubmit).
+    defense: dict[str, Any] | None = None
     adv: Tensor = field(default_factory=lambda: torch.empty(0), repr=False)  # delivered 3 x H x W, on CPU
     encoded: bytes = field(default=b"", repr=False)  # the delivered file's bytes (PNG or JPEG)
 
@@ -115,11 +119,17 @@ def attack_and_measure(
     params: Mapping[str, Any],
     save_format: str = "png",
     y: Tensor | None = None,
+    defense: Defense | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     generator: torch.Generator | None = None,
 ) -> list[AttackReport]:
     """Craft on ``source`` (default: ``target``), deliver as ``save_format``, judge on ``target``.
+
+    With a ``defense`` the attack is adaptive: it is crafted on ``purify -> source`` (``adaptive.Defended``: BPDA
+    and EOT), and judged as the defender sees the delivered file, through ``defense.resubmissions`` real purifier
+    runs the attack did not see (``adaptive.judge``). The reference label is still the bare target's clean
+    verdict (or ``y``).
 
     ``y=None`` attacks each detector's own clean verdict: the source's for crafting, the target's for
     judging. A given ``y`` is the true label (untargeted: success when the target's delivered label differs
@@ -148,7 +158,8 @@ def attack_and_measure(
     y_craft = y.to(x.device) if y is not None else _labels(p_before if src_before is None else src_before)
 
     check_stop(should_stop, 0)
-    crafted = spec.run(crafter, x, y_craft, kwargs, progress=progress, should_stop=should_stop, generator=generator)
+    attacked: nn.Module = crafter if defense is None else Defended(crafter, defense, should_stop=should_stop)
+    crafted = spec.run(attacked, x, y_craft, kwargs, progress=progress, should_stop=should_stop, generator=generator)
     iterations = crafted.iterations
 
     delivered, blobs = deliver(crafted.adv, save_format)
@@ -157,7 +168,28 @@ def attack_and_measure(
     label_after = _labels(p_after)
     src_after = _p_fake(source, on_device) if source is not None else None
     reference = label_before if y is None else y.to(x.device)
-    success = label_after == reference if targeted else label_after != reference
+
+    def fooled(labels: Tensor) -> Tensor:
+        return labels == reference if targeted else labels != reference
+
+    success = fooled(label_after)
+    outcomes: list[dict[str, Any] | None] = [None] * len(x)
+    if defense is not None:
+        judged = judge(target, on_device, defense, fake_index=FAKE_INDEX, should_stop=should_stop)
+        runs = torch.stack([fooled(_labels(p)) for p in judged.p_fake])  # R x N
+        success = runs.any(dim=0)
+        described = defense.describe()
+        outcomes = [
+            {
+                **described,
+                "p_fake_after": judged.p_fake[:, i].tolist(),
+                "success_any": bool(runs[:, i].any()),
+                "success_all": bool(runs[:, i].all()),
+                "success_rate": float(runs[:, i].float().mean()),
+                "bare_success": bool(fooled(label_after)[i]),
+            }
+            for i in range(len(x))
+        ]
 
     delta = (on_device - x).flatten(1)
     l2 = delta.norm(dim=1).tolist()
@@ -180,6 +212,7 @@ def attack_and_measure(
                 success=bool(success[i]),
                 source_p_fake_before=None if src_before is None else float(src_before[i]),
                 source_p_fake_after=None if src_after is None else float(src_after[i]),
+                defense=outcomes[i],
                 adv=delivered[i],
                 encoded=blobs[i],
             )
@@ -210,21 +243,25 @@ def attack_in_zoo(
     source: str | None,
     params: Mapping[str, Any],
     save_format: str,
+    defense: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     crop: str = "none",
     faces: Sequence[Box] | None = None,
 ) -> AttackOutcome:
     """Attack one image (3 x H x W, [0, 1]) on the zoo's ``target``, crafted on ``source`` (a black-box transfer
-    when it names another detector), delivered as ``save_format``. The one code path of the API's synchronous
-    attacks and the workers' queued ones.
+    when it names another detector), delivered as ``save_format``; ``defense`` (``adaptive.resolve_defense``'s
+    input) makes it adaptive. The one code path of the API's synchronous attacks and the workers' queued ones.
 
     ``crop="faces"`` attacks the photo's faces through their crops (``models.attacks.face_attack``): ``faces`` are
     the upload's boxes when the caller has found them already (found here otherwise); none is a ``NoFace``."""
     tgt = zoo.get(target)
     src = zoo.get(source) if source and source != target else None
+    defended = resolve_defense(defense)
     face_body: dict[str, Any] = {"faces_before": None, "faces": None}  # the answer's fields whatever the crop
     if check_crop(crop) == "faces":
+        if defended is not None:
+            raise ValueError("crop=faces attacks the bare detector: an adaptive attack (defense) needs crop=none")
         from models.attacks.face_attack import attack_faces  # it builds on this module
 
         on_device = x.to(zoo.device)
@@ -240,7 +277,7 @@ def attack_in_zoo(
     else:
         report = attack_and_measure(
             method, tgt.detector, x.unsqueeze(0).to(zoo.device), source=src.detector if src else None,
-            params=params, save_format=save_format, progress=progress, should_stop=should_stop,
+            params=params, save_format=save_format, defense=defended, progress=progress, should_stop=should_stop,
         )[0]  # fmt: skip
     body = {**report.metrics(), "crop": crop, **face_body}
     body["target"] = {"name": tgt.name, "sha256": tgt.sha256}

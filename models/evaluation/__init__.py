@@ -22,6 +22,8 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> dict[str, Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(results, out)
+    if results.get("roc_figure"):  # drawn by the run itself, from the scores it had (models/evaluation/run.py)
+        figures.append(Path(results["roc_figure"]))
     results["figures"] = [p.name for p in figures]
     paths = {"report": out / "report.md", "results": out / "results.json"}
     paths["report"].write_text(render_markdown(results))

@@ -32,6 +32,8 @@ class EvalConfig:
     #: The delivery of the headline tables and bar chart: the paper judged JPEG-75 files.
     headline_delivery: str = "jpeg75"
     batch_size: int = 64
+    #: The false-positive rate the operating threshold is fitted for on DATA/val (docs/RESULTS.md).
+    target_fpr: float = 0.05
     # --- R3: Lipschitz sweep (fine-tunes the first ResNet checkpoint once per lambda; 0 is the control).
     lipschitz_lambdas: tuple[float, ...] = ()
     lipschitz_epochs: int = 1

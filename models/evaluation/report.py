@@ -99,7 +99,26 @@ def _clean_section(results: dict[str, Any]) -> str:
         "real prec.",
         "real recall",
     ]
-    return "## R1 Clean detection (whole test split, %)\n\n" + table(header, rows)
+    return "## R1 Clean detection (whole test split, %)\n\n" + table(header, rows) + _calibration_rows(results)
+
+
+def _calibration_rows(results: dict[str, Any]) -> str:
+    """Operating points (models/evaluation/calibration.py): test-split ROC figures, and the threshold fitted on
+    val/ for the stated FPR with the rates it gives on test."""
+    cal = results.get("calibration") or {}
+    if not cal:
+        return ""
+    rows = []
+    for name, c in cal.items():
+        t = c.get("test", {})
+        at = t.get("at_threshold", {})
+        rows.append(
+            [name, num(t.get("auroc")), pct(t.get("eer")), pct(t.get("tpr_at_fpr_1pct")), pct(t.get("tpr_at_fpr_5pct")),
+             f"{c['threshold']:.4g}", pct(c["target_fpr"]), pct(at.get("fpr")), pct(at.get("tpr"))]
+        )  # fmt: skip
+    header = ["detector", "AUROC", "EER", "TPR@1% FPR", "TPR@5% FPR", "threshold (val)", "target FPR", "test FPR",
+              "test TPR"]  # fmt: skip
+    return "\n\n### Operating points (test split; threshold fitted on val/, %)\n\n" + table(header, rows)
 
 
 def _summary_rows(results: dict[str, Any], role: str) -> tuple[list[str], list[list[str]]]:

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from models.evaluation.attacks import run_attacks, summary_table
-from models.evaluation.clean import bb_source, clean_metrics, load_member, subsample
+from models.evaluation.calibration import calibrate, roc_curve, roc_png
+from models.evaluation.clean import bb_source, clean_metrics, load_member, p_fake_of, subsample
 from models.evaluation.config import EvalConfig
 from models.evaluation.dip import run_dip
 from models.evaluation.sweep import sweep
@@ -38,6 +39,34 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _calibration(
+    members: list[Any],
+    data_dir: Path,
+    test: Any,
+    out_dir: Path,
+    config: EvalConfig,
+    *,
+    device: torch.device,
+    notes: list[str],
+    crop: str = "none",
+) -> tuple[dict[str, Any], str | None]:
+    """Operating points on the test split and a threshold fitted on DATA/val for ``config.target_fpr``, per
+    detector (models/evaluation/calibration.py), and the ROC curves as one PNG."""
+    if not (data_dir / "val").is_dir():
+        notes.append(f"calibration skipped: {data_dir} has no val/ split to fit a threshold on")
+        return {}, None
+    val = load_folder(data_dir / "val", members[0].detector, crop=crop)  # as the test split is read
+    out: dict[str, Any] = {}
+    curves = {}
+    for m in members:
+        p_val = p_fake_of(m.detector, val.images, batch_size=config.batch_size, device=device)
+        p_test = p_fake_of(m.detector, test.images, batch_size=config.batch_size, device=device)
+        out[m.name] = calibrate(p_val, val.labels, p_test, test.labels, target_fpr=config.target_fpr)
+        fpr, tpr, _ = roc_curve(p_test, test.labels)
+        curves[m.name] = (fpr, tpr)
+    return out, str(roc_png(curves, out_dir / "roc.png"))
 
 
 def evaluate(
@@ -84,6 +113,9 @@ def evaluate(
     clean = {
         m.name: clean_metrics(m, test.images, test.labels, batch_size=config.batch_size, device=device) for m in members
     }
+    calibration, roc_figure = _calibration(
+        members, data_dir, test, Path(out_dir), config, device=device, notes=notes, crop=crop
+    )
     timings["clean"] = time.perf_counter() - t
 
     idx = subsample(test.labels, config.n_per_class, seed=config.seed)
@@ -120,6 +152,8 @@ def evaluate(
             {**m.describe(), "bb_source": (s.name if (s := bb_source(m, members)) else None)} for m in members
         ],
         "clean": clean,
+        "calibration": calibration,
+        "roc_figure": roc_figure,
         "attacks": attack_run.rows,
         "summary": summary_table(
             [m.describe() for m in members], attack_run.rows, config.attack_names, config.headline_delivery

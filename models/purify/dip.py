@@ -123,7 +123,7 @@ def check_images(x: Tensor) -> None:
         raise ValueError(f"expected images N x 3 x H x W with N >= 1, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0.0 or hi > 1.0 or not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"pixel values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
@@ -294,5 +294,6 @@ DIP = register(
         description="Deep Image Prior: a fresh network fits the image and is stopped before it fits the attack",
         iterative=True,
         batchable=True,
+        iterations_param="max_iterations",
     )
 )

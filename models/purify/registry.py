@@ -8,7 +8,7 @@ N x 3 x H x W images in [0, 1]. One that also takes ``runtime`` is given the wor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from models.methods import Method, Registry
 
@@ -25,8 +25,20 @@ class PurifierSpec(Method):
 
     iterative: bool = False
     batchable: bool = False
+    #: How an adaptive attack differentiates through it (Athalye, Carlini & Wagner 2018, "Obfuscated gradients";
+    #: docs/ATTACKS.md, "Adaptive attacks"): "identity" is BPDA with the identity as the backward pass (the forward
+    #: is the real purifier), "exact" back-propagates through the function itself (it must be differentiable).
+    bpda: Literal["identity", "exact"] = "identity"
+    #: The parameter bounding its optimisation steps, if any: an adaptive attack may run the purifier inside its
+    #: loop with fewer steps than the defence it attacks (``bpda_iterations``).
+    iterations_param: str | None = None
 
     kind: ClassVar[str] = "purifier"
+
+    @property
+    def randomized(self) -> bool:
+        """Whether each run draws fresh randomness (it declares a ``seed``): EOT and resubmissions then differ."""
+        return self.declares("seed")
 
 
 PURIFIERS_REGISTRY: Registry[PurifierSpec] = Registry("purification method")
@@ -36,6 +48,8 @@ def register(spec: PurifierSpec) -> PurifierSpec:
     for hook in ("progress", "should_stop"):
         if not spec.takes(hook):
             raise ValueError(f"purifier {spec.name!r}: {spec.fn.__name__} must take {hook}=")
+    if spec.iterations_param is not None and not spec.declares(spec.iterations_param):
+        raise ValueError(f"purifier {spec.name!r}: iterations_param {spec.iterations_param!r} is not declared")
     return PURIFIERS_REGISTRY.register(spec)
 
 

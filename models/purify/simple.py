@@ -129,6 +129,7 @@ MEDIAN = register(
         fn=median_purify,
         params=(Param("kernel_size", int, "median window side, odd", default=3, low=3, high=15, odd=True),),
         description="per-channel median filter (feature squeezing, Xu et al. 2018)",
+        bpda="exact",  # the median routes each output's gradient to the input pixel it selected
     )
 )
 BITDEPTH = register(

@@ -124,7 +124,9 @@ def test_quick_mode_end_to_end_writes_report_json_and_images(tiny_setup: Path) -
     assert swept["architecture"] == "resnet18_hhrelu"
     assert swept["provenance"]["training"]["lipschitz_lambda"] == 5.0
     pngs = sorted(out.glob("*.png"))
-    assert {p.name for p in pngs} == {"attacks.png", "lipschitz.png", "dip.png"}
+    assert {p.name for p in pngs} == {"attacks.png", "lipschitz.png", "dip.png", "roc.png"}
+    assert set(results["calibration"]) == {d["name"] for d in results["detectors"]}
+    assert "### Operating points" in report
     for p in pngs:
         with Image.open(p) as im:
             im.verify()

@@ -258,3 +258,25 @@ def test_command_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Cap
     assert main(again) == 0
     assert main(again) == 2
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_calibrate_records_the_threshold_detect_applies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    torch.save(registry.get("vgg16_slim").builder(2).state_dict(), tmp_path / "v.pth")
+    val, test = _folder(tmp_path / "val"), _folder(tmp_path / "test")
+    roc = tmp_path / "roc.png"
+    rc = main(["import-detector", str(tmp_path / "v.pth"), "--arch", "vgg16_slim", "--fake-index", "1",
+               "--input-size", "32", "32", "--eval", str(test), "--calibrate", str(val), "--target-fpr", "0.34",
+               "--roc", str(roc), "--out", str(tmp_path / "ck" / "v")])  # fmt: skip
+    assert rc == 0 and roc.stat().st_size > 0
+    meta = json.loads((tmp_path / "ck" / "v.json").read_text())
+    cal = meta["metrics"]["calibration"]
+    assert cal["target_fpr"] == 0.34 and cal["fitted_on"]["path"] == str(val)
+    from models.evaluation.calibration import fit_threshold, folder_scores, rates_at
+
+    p, y = folder_scores(checkpoint.load(tmp_path / "ck" / "v").detector, val)
+    assert cal["threshold"] == fit_threshold(p, y, 0.34)  # fitted on the served detector's val scores
+    assert cal["fitted_on"]["fpr"] == rates_at(p, y, cal["threshold"])["fpr"]
+    assert {"auroc", "eer", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct"} <= set(cal["test"])
+    assert checkpoint.load(tmp_path / "ck" / "v").meta.threshold == cal["threshold"]
+    assert "threshold" in capsys.readouterr().out

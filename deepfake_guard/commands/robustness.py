@@ -1,0 +1,153 @@
+"""``deepfake-guard robustness CHECKPOINT DATA --eps 8/255 --norm linf [--defense ...]``: the two-class standard
+suite (APGD-CE + FAB + Square, worst case per image; models/evaluation/robustness.py) on an ImageFolder.
+
+Writes a JSON in the shape of a RobustBench model-info record (clean and robust accuracy in percent, eps, norm,
+threat model, number of images, preprocessing, forward passes) with per-image results; it validates against
+docs/schemas/robustness.schema.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from deepfake_guard.commands.methods import add_defense_arguments, given_defense
+
+#: Where the record's JSON schema lives (tests validate every output against it).
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "robustness.schema.json"
+
+
+def parse_eps(text: str) -> float:
+    """``8/255`` or ``0.03``: a finite number in (0, 1]."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"eps must be in (0, 1] pixel units, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "robustness",
+        help="robust accuracy under the two-class standard suite (APGD-CE + FAB + Square), RobustBench-shaped JSON",
+    )
+    p.add_argument("checkpoint", type=Path, help="the detector's checkpoint (path without suffix)")
+    p.add_argument("data", type=Path, help="an ImageFolder (fake/ and real/) of test images")
+    p.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf budget, e.g. 8/255 (default)")
+    p.add_argument("--norm", choices=("linf",), default="linf", help="threat model (the suite is L-inf)")
+    p.add_argument("--budget", choices=("standard", "quick"), default="standard", help="attack budgets")
+    p.add_argument("-n", "--n-images", type=int, default=100, help="images, alternating fake and real (default 100)")
+    p.add_argument("-o", "--out", type=Path, default=Path("robustness.json"), help="the JSON record to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seeds the attacks' random draws")
+    p.add_argument("--batch", type=int, default=32, help="images attacked together")
+    add_defense_arguments(p)
+
+
+def _pick(labels: list[int], n: int) -> list[int]:
+    """Up to ``n`` indices alternating between the classes, in file order (a balanced, reproducible subset)."""
+    by_class = [[i for i, y in enumerate(labels) if y == c] for c in sorted(set(labels))]
+    out: list[int] = []
+    while len(out) < n and any(by_class):
+        for group in by_class:
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return sorted(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from models import checkpoint
+    from models.attacks.adaptive import resolve_defense
+    from models.data.folder import list_images, read_image
+    from models.detector import CLASS_NAMES
+    from models.devices import resolve_device
+    from models.evaluation.robustness import BUDGETS, SUITE, run_suite
+
+    try:
+        if args.n_images < 1:
+            raise ValueError(f"--n-images must be at least 1, got {args.n_images}")
+        defense = resolve_defense(given_defense(args))
+        device = resolve_device(args.device)
+        loaded = checkpoint.load(args.checkpoint, map_location=device)
+        items = list_images(args.data)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    chosen = [items[i] for i in _pick([y for _, y in items], args.n_images)]
+    if not chosen:
+        print(f"error: no images under {args.data}")
+        return 2
+    size = (int(loaded.meta.input_size[0]), int(loaded.meta.input_size[1]))
+    detector = loaded.detector.to(device).eval()
+    budget = BUDGETS[args.budget]
+    per_image: list[dict[str, Any]] = []
+    correct = robust = passes = 0
+    used: dict[str, Any] = {}
+    bar = tqdm(total=len(chosen) * len(SUITE), desc="robustness", unit="img-attack", dynamic_ncols=True)
+    for start in range(0, len(chosen), args.batch):
+        part = chosen[start : start + args.batch]
+        x = torch.stack([read_image(path, size) for path, _ in part]).to(device)
+        y = torch.tensor([label for _, label in part], dtype=torch.long, device=device)
+
+        def on_attack(name: str, images: int, count: int = len(part)) -> None:
+            bar.set_postfix(attack=name, left=images)
+            bar.update(count)
+
+        result = run_suite(
+            detector, x, y, eps=args.eps, budget=budget, defense=defense, seed=args.seed + start, on_attack=on_attack
+        )
+        used = result.params
+        passes += result.forward_passes
+        for (path, label), ok, rob, attacks in zip(
+            part, result.clean_correct, result.robust, result.attacks, strict=True
+        ):
+            correct += ok
+            robust += rob
+            fooled_by = next((name for name, hit in attacks.items() if hit), None)
+            per_image.append(
+                {"file": str(path.relative_to(args.data)), "label": CLASS_NAMES[label], "clean_correct": ok,
+                 "robust": rob, "fooled_by": fooled_by, "attacks": attacks}
+            )  # fmt: skip
+    bar.close()
+    n = len(per_image)
+    record = {
+        "name": args.checkpoint.name,
+        "architecture": loaded.meta.architecture,
+        "dataset": str(args.data),
+        "threat_model": "Linf",
+        "norm": args.norm,
+        "eps": args.eps,
+        "eps_text": f"{Fraction(args.eps).limit_denominator(1000)}",
+        "n_images": n,
+        "clean_acc": 100.0 * correct / n,
+        "robust_acc": 100.0 * robust / n,
+        "autoattack_acc": 100.0 * robust / n,
+        "number_forward_passes": 1,
+        "attack_forward_passes": passes,
+        "preprocessing": {
+            "input_size": list(size),
+            "resize": loaded.meta.resize,
+            "normalisation": "mean/std inside the detector",
+            "delivery": "8-bit PNG: every adversarial image is rounded to 8 bits before it is judged",
+            "defense": None if defense is None else defense.describe(),
+        },
+        "attacks": [{"name": spec.name, "params": used.get(spec.name, {})} for spec in SUITE],
+        "additional_data": False,
+        "unreliable": False,
+        "footnote": "two-class suite: APGD-CE + FAB + Square (APGD-T and FAB-T need more than two classes)",
+        "seed": args.seed,
+        "per_image": per_image,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"clean {record['clean_acc']:.1f} %, robust {record['robust_acc']:.1f} % at eps {record['eps_text']} "
+          f"(Linf) on {n} images; wrote {args.out}")  # fmt: skip
+    return 0

@@ -1,0 +1,162 @@
+"""FAB, the fast adaptive boundary attack (Croce & Hein 2020, "Minimally distorted adversarial examples with a fast
+adaptive boundary attack"), L-inf, for the detectors' two classes.
+
+A minimum-norm attack, implemented from the paper: at each iterate ``x_i`` the decision boundary
+``g(x) = Z_y(x) - Z_other(x) = 0`` is linearised, ``g(x_i) + w . (z - x_i) = 0`` with ``w = grad g(x_i)``, and
+both ``x_i`` and the original ``x`` are projected onto that hyperplane within the [0, 1] box (smallest L-inf
+move). The next iterate is a convex combination of the two projections, biased towards the original by
+``alpha = min(|d_i| / (|d_i| + |d_orig|), alpha_max)``, each extrapolated by ``eta``. Once an iterate is
+adversarial, the smallest one is kept and the next iterate steps back towards ``x`` by ``beta``. Restarts begin
+at random points around ``x`` within half the best norm found (or eps). With two classes the untargeted attack
+is the only one: "the other class" is the target.
+
+The returned image is the smallest adversarial found if its L-inf norm is at most ``eps``; otherwise the best found
+clipped into the eps-ball (a perturbation within the budget, which may not fool the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.attacks._common import check_batch, check_labels, eval_mode
+from models.attacks.fgsm import EPS
+from models.attacks.registry import AttackSpec, register
+from models.methods import Param
+from models.progress import Progress, ProgressFn, StopFn, check_stop
+
+_BISECTIONS = 25
+
+
+def project_linf(p: Tensor, w: Tensor, c: Tensor) -> Tensor:
+    """The smallest L-inf ``d`` (per row) with ``w . d = c`` and ``p + d`` in [0, 1]; where the box makes that
+    impossible, the move of L-inf 1 that gets closest. ``d_j = clamp(t s_j, -p_j, 1 - p_j)`` with ``s_j = sign(c w_j)``
+    makes ``sign(c) w . d`` non-decreasing in ``t``: the smallest ``t`` that reaches ``|c|`` is found by bisection."""
+    n = p.shape[0]
+    flat_p, flat_w = p.flatten(1), w.flatten(1)
+    s = torch.sign(c)[:, None] * torch.sign(flat_w)
+    lo, hi_box = -flat_p, 1 - flat_p
+    target = c.abs()
+
+    def reach(t: Tensor) -> Tensor:
+        d = torch.clamp(t[:, None] * s, lo, hi_box)
+        return torch.sign(c) * (flat_w * d).sum(dim=1)
+
+    a = torch.zeros(n, device=p.device, dtype=p.dtype)
+    b = torch.ones(n, device=p.device, dtype=p.dtype)
+    for _ in range(_BISECTIONS):
+        mid = (a + b) / 2
+        ok = reach(mid) >= target
+        b = torch.where(ok, mid, b)
+        a = torch.where(ok, a, mid)
+    return torch.clamp(b[:, None] * s, lo, hi_box).view_as(p)
+
+
+def _margin_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``g = Z_y - Z_other`` (two classes) and its input gradient."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x).float()
+    g = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, (1 - y)[:, None]).squeeze(1)
+    (grad,) = torch.autograd.grad(g.sum(), x)
+    return g.detach(), grad
+
+
+def _margin(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    with torch.no_grad():
+        logits = model(x).float()
+    return logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, (1 - y)[:, None]).squeeze(1)
+
+
+def fab(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int,
+    restarts: int = 1,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """FAB-L-inf away from ``y`` (two classes): ``restarts`` runs of ``steps`` iterations."""
+    p = FAB.check({"eps": eps, "steps": steps, "restarts": restarts, "alpha_max": alpha_max, "eta": eta, "beta": beta})
+    eps, steps, restarts = p["eps"], p["steps"], p["restarts"]
+    y = check_batch(x, y)
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    n = x.shape[0]
+    view = (n, 1, 1, 1)
+    with eval_mode(model):
+        with torch.no_grad():
+            logits = model(x).float()
+        check_labels(logits, y)
+        if logits.shape[1] != 2:
+            raise ValueError(f"fab here is the two-class attack, the model has {logits.shape[1]} classes")
+        best = x.clone()
+        best_norm = torch.full((n,), float("inf"), device=x.device)
+        already = logits.argmax(dim=1) != y
+        best_norm[already] = 0.0
+        total = steps * restarts
+        for r in range(restarts):
+            if r == 0:
+                cur = x.clone()
+            else:
+                radius = torch.where(torch.isfinite(best_norm), best_norm, torch.full_like(best_norm, eps)) / 2
+                u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+                cur = (x + u * radius.view(view)).clamp(0, 1)
+            for i in range(steps):
+                g, w = _margin_grad(model, cur, y)
+                # Hyperplane g + w . (z - cur) = 0: from a point q, the move d needs w . d = -(g + w . (q - cur)).
+                d_cur = project_linf(cur, w, -g)
+                c_orig = -(g + (w * (x - cur)).flatten(1).sum(dim=1))
+                d_orig = project_linf(x, w, c_orig)
+                n_cur = d_cur.flatten(1).abs().amax(dim=1)
+                n_orig = d_orig.flatten(1).abs().amax(dim=1)
+                alpha = torch.clamp(n_cur / (n_cur + n_orig).clamp(min=1e-12), max=p["alpha_max"]).view(view)
+                cur = ((1 - alpha) * (cur + p["eta"] * d_cur) + alpha * (x + p["eta"] * d_orig)).clamp(0, 1)
+                fooled = _margin(model, cur, y) < 0
+                norm = (cur - x).flatten(1).abs().amax(dim=1)
+                smaller = fooled & (norm < best_norm)
+                best_norm = torch.where(smaller, norm, best_norm)
+                best = torch.where(smaller.view(view), cur, best)
+                cur = torch.where(fooled.view(view), (1 - p["beta"]) * x + p["beta"] * cur, cur)
+                done = r * steps + i + 1
+                if progress is not None and (done % 10 == 0 or done == total):
+                    finite = best_norm[torch.isfinite(best_norm)]
+                    shown = float(finite.median()) if finite.numel() else float("inf")
+                    progress(Progress(iteration=done, max_iterations=total, loss=shown, stage="fab"))
+                if done % 10 == 0:
+                    check_stop(should_stop, done)
+    within = best_norm <= eps
+    clipped = torch.min(torch.max(best, x - eps), x + eps).clamp(0, 1)
+    return torch.where(within.view(view), best, clipped)
+
+
+def _steps(params: Mapping[str, Any]) -> int:
+    return int(params["steps"]) * int(params["restarts"])
+
+
+FAB = register(
+    AttackSpec(
+        name="fab",
+        fn=fab,
+        params=(
+            EPS,
+            Param("steps", int, "iterations per restart", default=20, low=1, high=10_000),
+            Param("restarts", int, "runs from random points near x (the first from x)", default=1, low=1, high=100),
+            Param("alpha_max", float, "largest bias towards the original image", default=0.1, low=0.0, high=1.0),
+            Param("eta", float, "extrapolation of the projection step", default=1.05, low=1.0, high=2.0),
+            Param("beta", float, "step back towards x after a success", default=0.9, low=0.0, high=1.0),
+        ),
+        description="fast adaptive boundary attack (Croce & Hein 2020): minimum L-inf norm, kept within eps",
+        steps=_steps,
+    )
+)

@@ -1,0 +1,118 @@
+"""The two-class standard attack suite and its RobustBench-shaped record (docs/ATTACKS.md, "Standard suite").
+
+AutoAttack (Croce & Hein 2020) runs APGD-CE, APGD-T (DLR), FAB-T and Square. The DLR loss needs a third class
+(its denominator is ``Z_pi1 - Z_pi3``) and targeted variants have one target with two classes, so the suite here
+is APGD-CE + FAB + Square, worst case per image: an image is robust when it is classified correctly and no attack
+of the suite fools the detector on the delivered 8-bit file. As in AutoAttack, each attack only runs on the images
+that are still robust (a cascade). With a ``defense`` every attack is adaptive (models/attacks/adaptive.py) and
+judged through its resubmissions; a clean image counts as correct only if every resubmission classifies it so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.attacks.adaptive import Defense, judge
+from models.attacks.apgd import APGD_CE
+from models.attacks.fab import FAB
+from models.attacks.measure import attack_and_measure
+from models.attacks.registry import AttackSpec
+from models.attacks.square import SQUARE
+from models.detector import FAKE_INDEX
+
+#: The suite, in the order it runs: the cheap gradient attack first, the score-based check on gradient masking last.
+SUITE: tuple[AttackSpec, ...] = (APGD_CE, FAB, SQUARE)
+
+#: Budgets: AutoAttack's standard version (100 APGD steps, FAB 100 steps, 5,000 Square queries) and a small one for
+#: CI and CPU runs.
+BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "standard": {APGD_CE.name: {"steps": 100}, FAB.name: {"steps": 100}, SQUARE.name: {"queries": 5000}},
+    "quick": {APGD_CE.name: {"steps": 10}, FAB.name: {"steps": 10}, SQUARE.name: {"queries": 100}},
+}
+
+
+class CountingModel(nn.Module):
+    """Counts the images that go through ``inner`` (forward passes, one per image)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += int(x.shape[0])
+        out: Tensor = self.inner(x)
+        return out
+
+
+@dataclass
+class SuiteResult:
+    """Per image: correct when clean, robust after the suite, and which attacks fooled it (None: not run)."""
+
+    clean_correct: list[bool]
+    robust: list[bool]
+    attacks: list[dict[str, bool | None]]
+    forward_passes: int
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _correct(detector: nn.Module, x: Tensor, y: Tensor, defense: Defense | None) -> Tensor:
+    if defense is None:
+        with torch.no_grad():
+            p_fake = torch.softmax(detector(x).float(), dim=1)[:, FAKE_INDEX]
+        rows = p_fake[None]
+    else:
+        rows = judge(detector, x, defense, fake_index=FAKE_INDEX).p_fake
+    labels = torch.where(rows >= 0.5, FAKE_INDEX, 1 - FAKE_INDEX)
+    return (labels == y[None]).all(dim=0)
+
+
+def run_suite(
+    detector: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    budget: Mapping[str, Mapping[str, Any]],
+    defense: Defense | None = None,
+    save_format: str = "png",
+    seed: int = 0,
+    on_attack: Callable[[str, int], None] | None = None,
+) -> SuiteResult:
+    """Run the suite on ``x`` with true labels ``y`` at L-inf ``eps``; ``on_attack(name, images)`` is told before
+    each attack (a progress bar's hook)."""
+    counted = CountingModel(detector).eval()
+    n = len(x)
+    correct = _correct(counted, x, y, defense)
+    robust = correct.clone()
+    per_image: list[dict[str, bool | None]] = [{spec.name: None for spec in SUITE} for _ in range(n)]
+    used: dict[str, dict[str, Any]] = {}
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    for spec in SUITE:
+        params = {"eps": eps, **budget.get(spec.name, {})}
+        used[spec.name] = spec.resolve(params)
+        left = robust.nonzero().squeeze(1)
+        if on_attack is not None:
+            on_attack(spec.name, int(left.numel()))
+        if left.numel() == 0:
+            continue
+        reports = attack_and_measure(
+            spec.name, counted, x[left], params=params, y=y[left], save_format=save_format, defense=defense,
+            generator=gen,
+        )  # fmt: skip
+        for i, r in zip(left.tolist(), reports, strict=True):
+            per_image[i][spec.name] = r.success
+            if r.success:
+                robust[i] = False
+    return SuiteResult(
+        clean_correct=correct.tolist(),
+        robust=robust.tolist(),
+        attacks=per_image,
+        forward_passes=counted.images,
+        params=used,
+    )

@@ -1,0 +1,133 @@
+"""APGD-CE, FAB and Square (the two-class standard suite's attacks) on tiny CPU models, and APGD-CE beside
+torchattacks' APGD on the demo detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models import checkpoint
+from models.attacks import apgd_ce, fab, square
+from models.attacks.apgd import checkpoints
+from models.attacks.fab import project_linf
+from models.attacks.square import window_share
+from models.checkpoint import DEMO_CHECKPOINTS
+from models.images import load_image_file
+from tests.models.test_attacks import conv_model, images, linear_model
+
+
+def ce(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y, reduction="none")
+
+
+def labels(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def test_apgd_checkpoints_follow_the_paper() -> None:
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99, 1.05: w_j = ceil(p_j * 100).
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_apgd_respects_eps_and_never_ends_below_its_start(random_start: bool) -> None:
+    model, x = conv_model(), images(6)
+    y = labels(model, x)
+    eps = 0.03
+    start_gen = torch.Generator().manual_seed(3)
+    adv = apgd_ce(model, x, y, eps=eps, steps=15, random_start=random_start, generator=start_gen)
+    assert float((adv - x).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    start = x
+    if random_start:  # the same draw the attack made
+        noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+        start = torch.min(torch.max(x + (2 * noise - 1) * eps, (x - eps).clamp(min=0)), (x + eps).clamp(max=1))
+    fooled = labels(model, adv) != y
+    assert bool((fooled | (ce(model, adv, y) >= ce(model, start, y) - 1e-6)).all())
+    assert bool((ce(model, adv, y) > ce(model, x, y)).any())  # it moved uphill
+
+
+def test_apgd_eps_zero_is_the_identity_and_targeted_reaches_the_target() -> None:
+    model, x = linear_model(), images(4)
+    y = labels(model, x)
+    assert torch.equal(apgd_ce(model, x, y, eps=0.0, steps=5), x)
+    adv = apgd_ce(model, x, 1 - y, eps=0.5, steps=20, targeted=True)
+    assert bool((labels(model, adv) == 1 - y).all())
+
+
+def test_project_linf_reaches_the_hyperplane_with_the_smallest_move() -> None:
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 3, 4, 4, generator=g) * 0.5 + 0.25
+    w = torch.randn(3, 3, 4, 4, generator=g)
+    c = torch.tensor([0.5, -0.3, 0.05])
+    d = project_linf(p, w, c)
+    torch.testing.assert_close((w * d).flatten(1).sum(1), c, atol=1e-4, rtol=1e-4)
+    # Without the box binding, the smallest L-inf solution is |c| / ||w||_1 in every coordinate.
+    torch.testing.assert_close(d.flatten(1).abs().amax(1), c.abs() / w.flatten(1).abs().sum(1), atol=1e-4, rtol=1e-3)
+    assert bool(((p + d) >= 0).all() and ((p + d) <= 1).all())
+
+
+def test_fab_finds_a_small_adversarial_on_a_linear_model() -> None:
+    """On a linear two-class model the boundary is one hyperplane: FAB's first projection lands on it, so the
+    norm it returns is (up to the overshoot eta) the exact minimal L-inf distance |g| / ||w||_1."""
+    model, x = linear_model(), images(4) * 0.5 + 0.25  # away from the box edges
+    y = labels(model, x)
+    layer = model[1]
+    wdiff = (layer.weight[0] - layer.weight[1]).detach()
+    with torch.no_grad():
+        margin = (model(x)[:, 0] - model(x)[:, 1]).abs()
+    exact = margin / wdiff.abs().sum()
+    adv = fab(model, x, y, eps=1.0, steps=10)
+    assert bool((labels(model, adv) != y).all())
+    norm = (adv - x).flatten(1).abs().amax(1)
+    assert bool((norm <= exact * 1.06 + 1e-5).all() and (norm >= exact * 0.999).all()), (norm, exact)
+    small = fab(model, x, y, eps=float(exact.min()) / 2, steps=10)
+    assert float((small - x).abs().max()) <= float(exact.min()) / 2 + 1e-6  # kept within eps
+    assert bool((labels(model, small) == y).all())  # where no adversarial lies within eps
+
+
+def test_square_needs_no_gradients_and_respects_eps() -> None:
+    model, x = conv_model(), images(4)
+    y = labels(model, x)
+
+    class NoGrad(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z: Tensor) -> Tensor:
+            assert not torch.is_grad_enabled()  # score-based: it only queries
+            return self.inner(z)
+
+    eps = 0.05
+    adv = square(NoGrad(model), x, y, eps=eps, queries=60, generator=torch.Generator().manual_seed(0))
+    assert float((adv - x).abs().max()) <= eps + 1e-6
+    with torch.no_grad():
+        before = model(x)[torch.arange(4), y] - model(x)[torch.arange(4), 1 - y]
+        after = model(adv)[torch.arange(4), y] - model(adv)[torch.arange(4), 1 - y]
+    assert bool((after < before).all())  # the margin fell on every image
+    assert window_share(0.8, 0, 1000) == 0.8 and window_share(0.8, 999, 1000) == pytest.approx(0.8 / 512)
+
+
+@pytest.mark.slow
+def test_apgd_matches_or_beats_torchattacks_on_the_demo_detector(demo_test_split: tuple[Path, object]) -> None:
+    """Cross-check against a peer implementation at equal budget (10 steps, one restart, eps 1/255): success on
+    demo test fakes the detector calls fake, judged in float as torchattacks returns them."""
+    torchattacks = pytest.importorskip("torchattacks")
+    det = checkpoint.load(DEMO_CHECKPOINTS / "demo-resnet18").detector
+    files = sorted((demo_test_split[0] / "fake").iterdir())[:48]
+    x = torch.stack([load_image_file(f) for f in files])
+    y = labels(det, x)
+    x, y = x[y == 0][:24], y[y == 0][:24]
+    eps = 1 / 255
+    ours = apgd_ce(det, x, y, eps=eps, steps=10, generator=torch.Generator().manual_seed(0))
+    theirs = torchattacks.APGD(det, norm="Linf", eps=eps, steps=10, n_restarts=1, loss="ce", seed=0)(x, y)
+    ours_rate = float((labels(det, ours) != y).float().mean())
+    theirs_rate = float((labels(det, theirs) != y).float().mean())
+    assert 0 < theirs_rate < 1  # a budget where the comparison means something
+    assert ours_rate >= theirs_rate, (ours_rate, theirs_rate)
