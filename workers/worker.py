@@ -116,7 +116,7 @@ class GuardWorker(SimpleWorker):
                 return bool(super().work(*args, **kwargs))
             finally:
                 if self.fast_lane is not None and lane is not None:
-                    self.fast_lane.finish(lane)
+                    self.fast_lane.finish(lane, drain=bool(kwargs.get("burst", False)))
 
 
 class FastLaneWorker(GuardWorker):
@@ -136,8 +136,13 @@ class FastLaneWorker(GuardWorker):
         thread.start()
         return thread
 
-    def finish(self, thread: threading.Thread) -> None:
-        """Stop after the job in hand (a fast one); an idle dequeue is left to end with the process."""
+    def finish(self, thread: threading.Thread, *, drain: bool = False) -> None:
+        """Stop after the job in hand (a fast one); an idle dequeue is left to end with the process. With ``drain``
+        (burst mode) the lane runs until its queue is empty instead: a job it re-queued for a retry while the main
+        worker found nothing left to do is still run in this burst."""
+        if drain:
+            thread.join()
+            return
         self._stop_requested = True
         thread.join(timeout=30 if self.get_state() == WorkerStatus.BUSY else 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def test_a_job_that_may_succeed_next_time_is_retried(tiny_checkpoints: Path, red
 
     def flaky(x: torch.Tensor, **kwargs: Any) -> Any:
         calls.append(1)
+        # Slow enough that the other of the worker's two threads (main and fast lane) finds the queues empty
+        # and ends its burst while this attempt runs: the retry must still run in the burst.
+        time.sleep(0.3)
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setitem(PURIFIERS_REGISTRY._entries, "jpeg", replace(JPEG, fn=flaky))
