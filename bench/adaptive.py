@@ -1,14 +1,18 @@
 """Does the defence hold? PGD that ignores each purifier beside PGD through it (BPDA, EOT), same eps, same budget,
 judged as the defender sees the delivered 8-bit file; and the cost of one adaptive step through DIP (EOT 1, 2, 4)
-beside one DIP purification step. JSON out (docs/RESULTS.md, "R5").
+beside one DIP purification step. The rows are models/evaluation/adaptive.py's, as `evaluate` reports them in R5;
+this script runs them at sizes of its own. JSON out (docs/RESULTS.md, "R5"). Needs torch only (never imports app/).
 
-    python bench/adaptive.py --n 16 --eps 2/255 8/255 --out runs/adaptive.json
+    python bench/adaptive.py --n 16 --purifiers jpeg median bitdepth --no-step-costs --json runs/adaptive-cheap.json
+    python bench/adaptive.py --n 4 --eps 8/255 --steps 5 --purifiers dip --dip-iterations 1000 \\
+        --bpda-iterations 100 --eot 2 --resub 2 --json runs/adaptive-dip.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import platform
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -16,108 +20,77 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchio import save_report
+
 from models import checkpoint
 from models import purify as purifiers
-from models.attacks.adaptive import Defended, judge, resolve_defense
-from models.attacks.measure import attack_and_measure
-from models.attacks.pgd import PGD
 from models.checkpoint import DEMO_CHECKPOINTS
 from models.data.folder import list_images, read_image
 from models.detector import FAKE_INDEX
+from models.devices import resolve_device
+from models.evaluation.adaptive import purifier_rows, step_costs
 
 
-def defense_request(spec: purifiers.PurifierSpec, args: argparse.Namespace) -> dict[str, Any]:
-    req: dict[str, Any] = {"method": spec.name}
-    if spec.iterations_param is not None:  # DIP: its fixed early stop, shortened for a CPU
-        req.update({"preset": "early", spec.iterations_param: args.dip_iterations})
-        req.update({"bpda_iterations": args.bpda_iterations, "eot_samples": args.eot, "resubmissions": args.resub})
-    return req
-
-
-def step_costs(det: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
-    """Seconds of one adaptive PGD step through DIP (``bpda_iterations`` DIP steps per EOT sample) per EOT count,
-    and of one DIP purification step, on the same images."""
-    dip = next(s for s in purifiers.PURIFIERS_REGISTRY if s.iterations_param is not None)
-    out: dict[str, float] = {}
-    t = time.perf_counter()
-    dip.fn(x, preset="early", **{dip.iterations_param: args.bpda_iterations})  # type: ignore[arg-type]
-    out["dip_purification_step_s"] = (time.perf_counter() - t) / args.bpda_iterations
-    for eot in (1, 2, 4):
-        d = resolve_defense({**defense_request(dip, args), "eot_samples": eot})
-        assert d is not None
-        model = Defended(det, d)
-        t = time.perf_counter()
-        xg = x.clone().requires_grad_(True)
-        torch.autograd.grad(model(xg).sum(), xg)
-        out[f"adaptive_step_eot{eot}_s"] = time.perf_counter() - t
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINTS / "demo-resnet18")
-    ap.add_argument("--data", type=Path, default=Path("data/demo/test"))
+    ap.add_argument("--data", type=Path, default=Path("data/demo/test"), help="folder with fake/ and real/")
     ap.add_argument("--n", type=int, default=16, help="test fakes the detector calls fake")
     ap.add_argument("--eps", nargs="+", default=["2/255", "8/255"])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--dip-iterations", type=int, default=200)
-    ap.add_argument("--bpda-iterations", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=10, help="PGD steps (step size eps / 4)")
+    ap.add_argument("--dip-iterations", type=int, default=200, help="DIP's fixed stop as the defence runs it")
+    ap.add_argument("--bpda-iterations", type=int, default=50, help="DIP steps inside the attack")
     ap.add_argument("--eot", type=int, default=2)
     ap.add_argument("--resub", type=int, default=2)
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.25], help="fake when p_fake >= these")
     ap.add_argument("--purifiers", nargs="+", choices=purifiers.names(), default=purifiers.names())
     ap.add_argument("--no-step-costs", action="store_true", help="skip the DIP step timing")
-    ap.add_argument("--out", type=Path, default=Path("runs/adaptive.json"))
-    args = ap.parse_args()
-    det = checkpoint.load(args.checkpoint).detector.eval()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    det = checkpoint.load(args.checkpoint).detector.eval().to(device)
     fakes = [p for p, label in list_images(args.data) if label == FAKE_INDEX]
-    x = torch.stack([read_image(p) for p in fakes[: 3 * args.n]])
+    x = torch.stack([read_image(p) for p in fakes[: 3 * args.n]]).to(device)
     with torch.no_grad():
         x = x[det.p_fake(x) >= 0.5][: args.n]
-    y = torch.full((len(x),), FAKE_INDEX, dtype=torch.long)
-    rows = []
-    for eps_text in args.eps:
-        eps = float(Fraction(eps_text))
-        params = {"eps": eps, "steps": args.steps, "step_size": eps / 4}
-        t = time.perf_counter()
-        plain = attack_and_measure(PGD.name, det, x, params=params, y=y, generator=torch.Generator().manual_seed(0))
-        plain_s = (time.perf_counter() - t) / len(x)
-        delivered = torch.stack([r.adv for r in plain])
-        for spec in (purifiers.get(name) for name in args.purifiers):
-            d = resolve_defense(defense_request(spec, args))
-            assert d is not None
-            t = time.perf_counter()
-            p = judge(det, delivered, d, fake_index=FAKE_INDEX).p_fake
-            judge_s = (time.perf_counter() - t) / len(x)
-            clean = judge(det, x, d, fake_index=FAKE_INDEX).p_fake
-            t = time.perf_counter()
-            adaptive = attack_and_measure(
-                PGD.name, det, x, params=params, y=y, defense=d, generator=torch.Generator().manual_seed(0)
-            )
-            adaptive_s = (time.perf_counter() - t) / len(x)
-            row = {
-                "purifier": spec.name,
-                "eps": eps_text,
-                "n": len(x),
-                "defense": d.describe(),
-                "clean_fake_acc": float((clean >= 0.5).all(dim=0).float().mean()),
-                "non_adaptive_fake_acc_worst": float((p >= 0.5).all(dim=0).float().mean()),
-                "non_adaptive_fake_acc_mean": float((p >= 0.5).float().mean()),
-                "adaptive_fake_acc_worst": 1 - sum(r.success for r in adaptive) / len(x),
-                "adaptive_fake_acc_mean": 1 - sum(r.defense["success_rate"] for r in adaptive if r.defense) / len(x),
-                "non_adaptive_s_per_image": plain_s + judge_s,
-                "adaptive_s_per_image": adaptive_s,
-            }
-            rows.append(row)
-            print(json.dumps(row))
-    result = {
-        "rows": rows,
-        "step_costs": step_costs(det, x[:4], args),
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "checkpoint": str(args.checkpoint),
+        "n": len(x),
         "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": [],
     }
-    print(json.dumps(result["step_costs"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    started = time.perf_counter()
+    for name in args.purifiers:  # one purifier at a time, so a run cut short keeps the rows it finished
+        for eps_text in args.eps:
+            rows = purifier_rows(
+                det, x, purifier_names=[name], eps_values=[float(Fraction(eps_text))], steps=args.steps,
+                iterations=args.dip_iterations, bpda_iterations=args.bpda_iterations, eot_samples=args.eot,
+                resubmissions=args.resub, thresholds=args.thresholds,
+            )  # fmt: skip
+            for row in rows:
+                accs = row["thresholds"][str(args.thresholds[0])]
+                print(
+                    f"{name:<10}eps {eps_text:<7} clean {accs['clean']['worst']:.3f}  non-adaptive "
+                    f"{accs['non_adaptive']['worst']:.3f}  adaptive {accs['adaptive']['worst']:.3f} (worst, "
+                    f"threshold {args.thresholds[0]})  {row['adaptive_s_per_image']:.2f} s/img adaptive"
+                )
+            report["rows"] += rows
+            save_report(args.json, report, complete=False)
+    if not args.no_step_costs:
+        report["step_costs"] = step_costs(
+            det, x[:4], iterations=args.dip_iterations, bpda_iterations=args.bpda_iterations
+        )
+        print({k: round(v, 4) for k, v in report["step_costs"].items()})
+    report["seconds"] = time.perf_counter() - started
+    save_report(args.json, report, complete=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -253,3 +253,29 @@ def test_faces_http_bench_times_crop_faces_on_detect_beside_the_forward_pass(tmp
     assert {"forward_at_input", "dlib_upsample1", "http_whole", "http_faces"} <= set(rows)
     assert len(report["faces"]) == 1 and report["complete"] is True
     assert report["http_crop_faces_added_ms"] == pytest.approx(rows["http_faces"] - rows["http_whole"])
+
+
+def test_adaptive_bench_sets_adaptive_beside_non_adaptive(
+    tmp_path: Path, gpu_machine_site: Path, demo_test_split: tuple[Path, object]
+) -> None:
+    report = bench(
+        "adaptive.py",
+        tmp_path / "adaptive.json",
+        *("--data", str(demo_test_split[0]), "--n", "2", "--eps", "8/255", "--steps", "2"),
+        *("--purifiers", "median", "dip", "--dip-iterations", "12", "--bpda-iterations", "3", "--eot", "2"),
+        site=gpu_machine_site,
+    )
+    rows = {r["purifier"]: r for r in report["rows"]}
+    assert set(rows) == {"median", "dip"} and report["n"] == 2
+    assert rows["median"]["defense"]["bpda"] == "exact" and rows["dip"]["defense"]["randomized"] is True
+    # DIP is judged over two resubmissions, 3 of its steps inside the attack with EOT 2
+    dip = rows["dip"]["defense"]
+    assert dip["resubmissions"] == 2 and dip["eot_samples"] == 2 and dip["attack_params"]["max_iterations"] == 3
+    for row in rows.values():
+        for accs in row["thresholds"].values():
+            for verdict in ("clean", "non_adaptive", "adaptive"):
+                assert 0.0 <= accs[verdict]["worst"] <= accs[verdict]["mean"] <= 1.0
+    costs = report["step_costs"]
+    assert costs["purification_step_s"] > 0
+    # EOT 4 runs four purifications per step where EOT 1 runs one
+    assert costs["adaptive_step_eot4_s"] > costs["adaptive_step_eot1_s"]

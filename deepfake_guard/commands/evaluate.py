@@ -8,6 +8,7 @@ down for a CPU, and the report states the sizes used).
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,23 @@ def add_parser(subparsers: Any) -> None:
     )
     o.add_argument("--dip-snapshots", type=int, nargs="+", default=None)
     o.add_argument("--dip-auto-cap", type=int, default=None, help="cap of the label-free stop (0: do not run it)")
+    o.add_argument("--no-r5", action="store_true", help="skip R5 (adaptive attacks, standard suite)")
+    o.add_argument("--r5-fakes", type=int, default=None, help="fakes attacked through each purifier in R5")
+    o.add_argument("--r5-eps", type=_fraction, nargs="+", default=None, help="R5 PGD eps values, such as 2/255 8/255")
+    o.add_argument("--r5-steps", type=int, default=None, help="R5 PGD steps")
+    o.add_argument("--r5-purifiers", nargs="+", default=None, help="purifiers attacked in R5 (default: all)")
+    o.add_argument("--r5-iterations", type=int, default=None, help="DIP steps of the defence in R5")
+    o.add_argument("--r5-bpda-iterations", type=int, default=None, help="DIP steps inside the adaptive attack")
+    o.add_argument("--r5-eot", type=int, default=None, help="EOT samples per adaptive step (randomised purifiers)")
+    o.add_argument("--r5-resubmissions", type=int, default=None, help="purifier runs each delivered file is judged by")
+    o.add_argument("--r5-suite-budget", choices=("standard", "quick"), default=None, help="standard suite budget")
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number such as 0.03 or 8/255") from None
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -102,6 +120,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
         dip_stop_at=stop_at,
         dip_auto=False if auto_cap == 0 else (True if auto_cap else None),
         dip_auto_cap=auto_cap or None,
+        r5=False if args.no_r5 else None,
+        r5_fakes=args.r5_fakes,
+        r5_eps=tuple(args.r5_eps) if args.r5_eps else None,
+        r5_steps=args.r5_steps,
+        r5_purifiers=tuple(args.r5_purifiers) if args.r5_purifiers else None,
+        r5_iterations=args.r5_iterations,
+        r5_bpda_iterations=args.r5_bpda_iterations,
+        r5_eot=args.r5_eot,
+        r5_resubmissions=args.r5_resubmissions,
+        r5_suite_budget=args.r5_suite_budget,
         seed=args.seed,
     )
 
@@ -123,7 +151,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # a size the configuration refuses (models/evaluation/config.py names it)
+        print(f"error: {exc}")
+        return 2
     data = args.data
     if data is None:
         data = DEMO_DATA

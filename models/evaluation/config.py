@@ -58,6 +58,23 @@ class EvalConfig:
     #: Also run the ``default`` preset's label-free stop (ES-WMV) on the same images, capped here.
     dip_auto: bool = True
     dip_auto_cap: int = 3000
+    # --- R5: non-adaptive vs adaptive PGD through each purifier (models/evaluation/adaptive.py), on the first
+    # detector's test fakes that it calls fake, and the standard suite on every detector.
+    r5: bool = True
+    #: Fakes attacked through each purifier (None: every fake of the attacked subsample the detector calls fake).
+    r5_fakes: int | None = None
+    r5_eps: tuple[float, ...] = (2 / 255, 8 / 255)
+    r5_steps: int = 10
+    #: Purifiers attacked (empty: every registered one).
+    r5_purifiers: tuple[str, ...] = ()
+    #: An iterative purifier's (DIP's) fixed stop as the defence runs it, and its steps inside the attack.
+    r5_iterations: int = 6000
+    r5_bpda_iterations: int = 500
+    r5_eot: int = 2
+    r5_resubmissions: int = 3
+    #: The standard suite's L-inf eps and budget (models/evaluation/robustness.py BUDGETS).
+    r5_suite_eps: float = 8 / 255
+    r5_suite_budget: str = "standard"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +108,19 @@ class EvalConfig:
             )
         if any(lam < 0 for lam in self.lipschitz_lambdas):
             raise ValueError(f"lipschitz lambdas must be >= 0, got {self.lipschitz_lambdas}")
+        from models import purify as purifiers
+
+        stray = [name for name in self.r5_purifiers if name not in purifiers.names()]
+        if stray:
+            raise ValueError(f"unknown R5 purifiers {stray}; choose from {purifiers.names()}")
+        if self.r5_suite_budget not in ("standard", "quick"):
+            raise ValueError(f"r5_suite_budget must be 'standard' or 'quick', got {self.r5_suite_budget!r}")
+        if self.r5_steps < 1 or self.r5_iterations < 2 or self.r5_bpda_iterations < 1 or self.r5_eot < 1:
+            raise ValueError("r5_steps, r5_bpda_iterations and r5_eot must be >= 1 and r5_iterations >= 2")
+        if self.r5_resubmissions < 1 or (self.r5_fakes is not None and self.r5_fakes < 1):
+            raise ValueError("r5_resubmissions and r5_fakes must be >= 1")
+        if not self.r5_eps or not all(0 < e <= 1 for e in (*self.r5_eps, self.r5_suite_eps)):
+            raise ValueError(f"R5 eps must lie in (0, 1], got {self.r5_eps} and {self.r5_suite_eps}")
         if self.lipschitz_epochs < 1:
             raise ValueError(f"lipschitz_epochs must be >= 1, got {self.lipschitz_epochs}")
 
@@ -133,6 +163,15 @@ QUICK = EvalConfig(
     dip_stop_at=800,
     dip_snapshots=(100, 200, 400, 800),
     dip_auto=False,
+    # R5 at 64 px with few steps: 4 fakes, PGD 5 steps at 8/255, DIP 100 steps (20 inside the attack), EOT 2.
+    r5_fakes=4,
+    r5_eps=(8 / 255,),
+    r5_steps=5,
+    r5_iterations=100,
+    r5_bpda_iterations=20,
+    r5_eot=2,
+    r5_resubmissions=2,
+    r5_suite_budget="quick",
 )
 
 #: The paper's sizes: whole test split, both CW presets, 10 images per DIP category, 6,000 DIP steps, the

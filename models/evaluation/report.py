@@ -361,6 +361,65 @@ def _dip_section(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _eps_text(eps: float) -> str:
+    return f"{eps * 255:.3g}/255"
+
+
+def _suite_cells(name: str, v: dict[str, Any]) -> list[str]:
+    fooled = " / ".join(str(c) for c in v["fooled_by"].values())
+    return [name, str(v["n"]), pct(v["clean_accuracy"]), pct(v["robust_accuracy"]), fooled, str(v["forward_passes"])]
+
+
+def _r5_section(results: dict[str, Any]) -> str:
+    r5 = results.get("r5")
+    if not r5:
+        return "## R5 Does the defence hold?\n\nNot run."
+    cfg = results["config"]
+    parts = [
+        "## R5 Does the defence hold? Non-adaptive vs adaptive PGD through each purifier",
+        "",
+        f"Fake-class accuracy (%) of `purify -> detect` on {r5['fakes']} test fakes that `{r5['detector']}` calls "
+        f"fake: PGD ({cfg['r5_steps']} steps of eps / 4) crafted on the bare detector then purified (non-adaptive), "
+        "and the same PGD through the purifier (BPDA, EOT: adaptive), delivered as 8-bit PNG and judged by the real "
+        "purifier; a randomised one over its resubmissions with seeds the attack never drew. *worst*: caught only "
+        'if every run catches it. Lower means the attack works (docs/ATTACKS.md, "Adaptive attacks").',
+        "",
+    ]
+    rows = []
+    for row in r5["rows"]:
+        d = row["defense"]
+        for th, acc in row["thresholds"].items():
+            if th != "0.5" and not d["randomized"]:
+                continue  # the second threshold is the iterative purifier's (R4's); cheap ones at 0.5 only
+            setting = ", ".join(f"{k} {v}" for k, v in d["params"].items())
+            if d["randomized"]:
+                setting += f"; {d['attack_params'].get('max_iterations', '')} steps inside, EOT {d['eot_samples']}"
+                setting += f", {d['resubmissions']} resubmissions"
+            rows.append([
+                row["purifier"], setting, d["bpda"], _eps_text(row["eps"]), th,
+                pct(acc["clean"]["worst"]), f"{pct(acc['non_adaptive']['worst'])} / {pct(acc['non_adaptive']['mean'])}",
+                f"{pct(acc['adaptive']['worst'])} / {pct(acc['adaptive']['mean'])}",
+                f"{row['non_adaptive_s_per_image']:.2f} / {row['adaptive_s_per_image']:.2f}",
+            ])  # fmt: skip
+    header = ["purifier", "setting", "BPDA", "eps", "threshold", "clean", "non-adaptive worst / mean",
+              "adaptive worst / mean", "s/img (non-adaptive / adaptive)"]  # fmt: skip
+    parts.append(table(header, rows) if rows else "No fake the detector calls fake among the attacked images.")
+    suite = r5["suite"]
+    if suite:
+        parts += [
+            "",
+            "Standard two-class suite (APGD-CE + FAB + Square, worst case per image, L-inf "
+            f"{_eps_text(cfg['r5_suite_eps'])}, `{cfg['r5_suite_budget']}` budget, docs/ATTACKS.md), bare "
+            "detectors, on the attacked images:",
+            "",
+            table(
+                ["detector", "n", "clean acc", "robust acc", "fooled by (APGD-CE / FAB / Square)", "forward passes"],
+                [_suite_cells(name, v) for name, v in suite.items()],
+            ),
+        ]
+    return "\n".join(parts)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in results["timings"].items())
     figures = results.get("figures", [])
@@ -370,6 +429,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         _attack_section(results),
         _lipschitz_section(results),
         _dip_section(results),
+        _r5_section(results),
         "## Figures\n\n" + ("\n".join(f"![{Path(f).stem}]({Path(f).name})" for f in figures) or "None written."),
         f"## Timings\n\n{timings}",
     ]

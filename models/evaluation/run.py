@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from models import purify as purifiers
+from models.detector import FAKE_INDEX
+from models.evaluation.adaptive import purifier_rows, suite_rows
 from models.evaluation.attacks import run_attacks, summary_table
 from models.evaluation.calibration import calibrate, roc_curve, roc_png
 from models.evaluation.clean import bb_source, clean_metrics, load_member, p_fake_of, subsample
@@ -67,6 +70,38 @@ def _calibration(
         fpr, tpr, _ = roc_curve(p_test, test.labels)
         curves[m.name] = (fpr, tpr)
     return out, str(roc_png(curves, out_dir / "roc.png"))
+
+
+def _r5(
+    members: list[Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: EvalConfig,
+    *,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """Non-adaptive vs adaptive PGD through each purifier on the first detector's attacked fakes that it calls
+    fake, and the standard suite on every detector (models/evaluation/adaptive.py)."""
+    target = members[0]
+    detector = target.detector.to(device).eval()
+    fakes = x[y == FAKE_INDEX].to(device)
+    with torch.no_grad():
+        fakes = fakes[detector.p_fake(fakes) >= 0.5][: config.r5_fakes]
+    names = config.r5_purifiers or tuple(purifiers.names())
+    thresholds = tuple(sorted({0.5, config.dip_threshold}))
+    rows: list[dict[str, Any]] = []
+    if len(fakes):
+        rows = purifier_rows(
+            detector, fakes, purifier_names=names, eps_values=config.r5_eps, steps=config.r5_steps,
+            iterations=config.r5_iterations, bpda_iterations=config.r5_bpda_iterations, eot_samples=config.r5_eot,
+            resubmissions=config.r5_resubmissions, thresholds=thresholds, seed=config.seed, progress=progress,
+        )  # fmt: skip
+    suite = suite_rows(
+        [m for m in members if m.role == "base"], x.to(device), y.to(device), eps=config.r5_suite_eps,
+        budget=config.r5_suite_budget, seed=config.seed,
+    )  # fmt: skip
+    return {"detector": target.name, "fakes": len(fakes), "thresholds": list(thresholds), "rows": rows, "suite": suite}
 
 
 def evaluate(
@@ -137,6 +172,12 @@ def evaluate(
             raise ValueError(f"dip_detector {name!r} is not among the detectors {[m.name for m in members]}")
         dip = run_dip(target, members, x, y, attack_run, config, device=device, progress=progress)
         timings[DIP.name] = time.perf_counter() - t
+
+    r5: dict[str, Any] | None = None
+    if config.r5:
+        t = time.perf_counter()
+        r5 = _r5(members, x, y, config, device=device, progress=progress)
+        timings["r5"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
 
     return {
@@ -161,6 +202,7 @@ def evaluate(
         "input_gradient_norm": grad_norms,
         "lipschitz_sweep": sweep_log,
         DIP.name: dip,
+        "r5": r5,
         "notes": notes,
         "timings": timings,
     }

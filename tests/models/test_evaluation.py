@@ -107,8 +107,10 @@ def test_quick_mode_end_to_end_writes_report_json_and_images(tiny_setup: Path) -
     assert cli.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
-    for heading in ("## R1", "## R2", "## R3", "## R4"):
+    for heading in ("## R1", "## R2", "## R3", "## R4", "## R5"):
         assert heading in report
+    # R5's standard suite ran on every detector that is not a Lipschitz fine-tune (the lambda-0 control is one)
+    assert set(results["r5"]["suite"]) == {"tiny-resnet", "tiny-vgg", "tiny-resnet-lipschitz-0"}
     assert {d["name"] for d in results["detectors"]} == {
         "tiny-resnet", "tiny-vgg", "tiny-resnet-lipschitz-0", "tiny-resnet-lipschitz-5"
     }  # fmt: skip
@@ -162,6 +164,21 @@ def test_quick_mode_on_the_demo_detectors_shows_the_attack_and_the_defence(demo_
     dip = results["dip"]
     fooled = [c for c in dip["counts"] if is_fooled(c) and dip["counts"][c]["sampled"]]
     assert fooled, dip["counts"]
+    # R5: every purifier attacked both ways; knowing the purifier never makes the attack weaker through JPEG and
+    # bit depth (identity BPDA), and the standard suite never leaves more robust images than clean-correct ones.
+    from models.purify import BITDEPTH, JPEG
+    from models.purify import names as purifier_names
+
+    r5 = results["r5"]
+    assert r5["detector"] == names[0] and r5["fakes"] == config.r5_fakes
+    rows = {r["purifier"]: r for r in r5["rows"]}
+    assert set(rows) == set(purifier_names())
+    for spec in (JPEG, BITDEPTH):
+        acc = rows[spec.name]["thresholds"]["0.5"]
+        assert acc["adaptive"]["worst"] <= acc["non_adaptive"]["worst"], rows[spec.name]
+    assert set(r5["suite"]) == set(names)
+    for v in r5["suite"].values():
+        assert v["robust_accuracy"] <= v["clean_accuracy"] and v["forward_passes"] > 0
     at_stop = next(c for c in dip["fixed"]["curve"] if c["iteration"] == config.dip_stop_at)
     assert dip["no_defence"]["thresholds"]["0.5"]["restored"] == 0.0
     assert at_stop["ema"]["thresholds"]["0.5"]["restored"] > 0.0
