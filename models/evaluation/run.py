@@ -82,7 +82,7 @@ def _r5(
     progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """Non-adaptive vs adaptive PGD through each purifier on the first detector's attacked fakes that it calls
-    fake, and the standard suite on every detector (models/evaluation/adaptive.py)."""
+    fake, and the standard suite on every given detector, not the Lipschitz sweep's (models/evaluation/adaptive.py)."""
     target = members[0]
     detector = target.detector.to(device).eval()
     fakes = x[y == FAKE_INDEX].to(device)
