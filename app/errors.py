@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models.images import EmptyImage, ImageError, ImageTooLarge, InvalidImage, UnsupportedImage
 
@@ -169,13 +170,27 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods; a path may have several
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         return problem(
             exc.status_code,
             str(exc.detail),
             f"{request.method} {request.url.path}: {exc.detail}",
             request,
-            dict(exc.headers or {}),
+            headers,
         )
+
+
+def allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+    """Every method some route of ``app`` serves at the request's path.
+    The routes are the API routers' own (``app.state.api_routes``, set by ``app.main.create_app``)."""
+    methods: set[str] = set()
+    for route in getattr(app.state, "api_routes", ()):
+        match, _ = route.matches({**scope, "method": "GET"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 _PROBLEM_SCHEMA: dict[str, Any] = {

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -115,5 +116,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         document_guards(router)
         app.include_router(router)
+    app.state.api_routes = [route for router in routers for route in router.routes]  # the 405's Allow header
     page.install(app)
+    multipart_without_null(app)
     return app
+
+
+def multipart_without_null(app: FastAPI) -> None:
+    """Document optional form fields as optional, not nullable: a multipart body has no null (a field is sent with
+    a value or left out), so ``{"type": "null"}`` in an ``anyOf`` only invites clients and schemathesis to send the
+    text ``null``, which is no value of the field and is a 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # FastAPI's, which it also caches in app.openapi_schema: edited in place
+        forms = {
+            op["requestBody"]["content"]["multipart/form-data"]["schema"].get("$ref", "").rsplit("/", 1)[-1]
+            for item in schema.get("paths", {}).values()
+            for op in item.values()
+            if "multipart/form-data" in op.get("requestBody", {}).get("content", {})
+        }
+        for name in forms:
+            for prop in schema["components"]["schemas"].get(name, {}).get("properties", {}).values():
+                if "anyOf" in prop:
+                    prop["anyOf"] = [s for s in prop["anyOf"] if s != {"type": "null"}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

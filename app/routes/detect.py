@@ -37,7 +37,7 @@ CROP_HELP = (
     dependencies=[Depends(form_fields(DETECT_FIELDS, repeatable=frozenset({"file"})))],
 )
 async def detect(
-    file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
+    file: Annotated[list[UploadFile], File(min_length=1, description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
     threshold: Annotated[
         Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None,

@@ -262,6 +262,35 @@ def test_openapi_documents_errors_as_problem_json(client: TestClient) -> None:
     assert {("/detect", "413"), ("/purify", "409"), ("/attack", "422"), ("/jobs/{job_id}", "404")} <= documented
 
 
+def test_openapi_documents_form_fields_a_multipart_body_can_carry(client: TestClient) -> None:
+    """A multipart body has no null: an optional field is left out, so no form field is documented as nullable
+    (schemathesis sent the text "null" for them); /detect needs at least one file."""
+    spec = client.get("/openapi.json").json()
+    bodies = [
+        op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        for ops in spec["paths"].values()
+        for op in ops.values()
+        if "multipart/form-data" in op.get("requestBody", {}).get("content", {})
+    ]
+    assert len(bodies) == 3  # /detect, /attack, /purify
+    nullable = [
+        (body, name)
+        for body in bodies
+        for name, prop in spec["components"]["schemas"][body]["properties"].items()
+        if {"type": "null"} in prop.get("anyOf", []) or prop.get("type") == "null"
+    ]
+    assert nullable == []
+    detect = next(b for b in bodies if "detect" in b)
+    assert spec["components"]["schemas"][detect]["properties"]["file"]["minItems"] == 1
+
+
+def test_a_wrong_method_is_405_naming_every_method_of_the_path(client: TestClient) -> None:
+    done = client.options("/jobs/some-id")
+    assert done.status_code == 405 and done.headers["content-type"] == PROBLEM
+    assert done.headers["allow"] == "DELETE, GET"  # two routes share the path: both are named
+    assert client.put("/detect").headers["allow"] == "POST"
+
+
 def test_concurrent_identical_requests_with_one_key_make_one_job(
     tiny_checkpoints: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
