@@ -8,10 +8,12 @@ safetensors, tqdm, scikit-image and matplotlib, but none of the web/queue stack 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,10 @@ def test_the_blocker_blocks(gpu_machine_site: Path) -> None:
     assert done.returncode != 0 and "not installed on the lent GPU machines" in done.stderr
 
 
-def bench(script: str, out: Path, *args: str, site: Path) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(site)}
+def bench(script: str, out: Path, *args: str, site: Path, path: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``bench/<script>`` with the GPU machines' packages only (plus the folders in ``path``)."""
+    pythonpath = os.pathsep.join([str(site), *path])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": pythonpath}
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
         cwd=ROOT,
@@ -279,3 +283,49 @@ def test_adaptive_bench_sets_adaptive_beside_non_adaptive(
     assert costs["purification_step_s"] > 0
     # EOT 4 runs four purifications per step where EOT 1 runs one
     assert costs["adaptive_step_eot4_s"] > costs["adaptive_step_eot1_s"]
+
+
+def test_cw_peers_bench_judges_ours_and_each_importable_peer_alike(
+    tmp_path: Path, gpu_machine_site: Path, demo_test_split: tuple[Path, object]
+) -> None:
+    # A peer importable here (e.g. PYTHONPATH=/work/peers) is importable in the script's run too.
+    specs = {lib: importlib.util.find_spec(module) for lib, module in (("foolbox", "foolbox"), ("art", "art"))}
+    folders = sorted({str(Path(s.origin).parents[1]) for s in specs.values() if s is not None and s.origin})
+    report = bench(
+        "cw_peers.py",
+        tmp_path / "cw-peers.json",
+        *("--data", str(demo_test_split[0]), "--n", "2", "--search-steps", "1", "--iterations", "5"),
+        site=gpu_machine_site,
+        path=folders,
+    )
+    rows = report["rows"]
+    libraries = {r["library"] for r in rows}
+    skipped = {s["library"] for s in report["skipped"]}
+    # every peer either ran or is listed as skipped, never both; ours always ran, on both detectors
+    assert "ours" in libraries and libraries | skipped == {"ours", "foolbox", "art"} and not libraries & skipped
+    ours = {(r["detector"], r["configuration"]) for r in rows if r["library"] == "ours"}
+    assert ours == {(d, c) for d in ("demo-resnet18", "demo-vgg16") for c in (
+        "ours default (lr 0.05)", "ours lr 0.01", "ours lr 0.05, rounding finish", "ours lr 0.01, rounding finish"
+    )}  # fmt: skip
+    assert report["base"]["search_steps"] == 1 and report["base"]["max_iterations"] == 5
+    for r in rows:
+        assert r["n"] == 2 and r["params"]["kappa"] == report["base"]["kappa"]
+        assert 0.0 <= r["float_success_rate"] <= 1.0 and 0.0 <= r["png_success_rate"] <= 1.0
+        assert r["png_success_rate"] == pytest.approx(r["png_success"] / r["n"])
+        assert 1 <= r["iterations_per_image"] <= 5 and r["grad_calls_per_image"] >= r["iterations_per_image"]
+        assert r["seconds_per_image"] > 0
+        # failures count at infinity in the median over all: never below the successes' median
+        if r["png_success"] == 0:
+            assert r["median_l2_png"] is None and r["median_l2_png_all"] is None
+        elif r["median_l2_png_all"] is not None:
+            assert r["median_l2_png_all"] >= r["median_l2_png"] > 0
+        if r["params"].get("round_finish"):
+            # the finish returns 8-bit images that keep a kappa margin: the PNG keeps every float success
+            assert r["png_success"] >= r["float_success"]
+    pytest.importorskip("art.attacks.evasion")
+    art = [r for r in rows if r["library"] == "art"]
+    # ART has no early abort and takes two class gradients per iteration
+    assert len(art) == 4 and all(r["iterations_per_image"] == 5 and r["grad_calls_per_image"] == 10 for r in art)
+    pytest.importorskip("foolbox")
+    foolbox = [r for r in rows if r["library"] == "foolbox"]
+    assert len(foolbox) == 4 and all(r["grad_calls_per_image"] == r["iterations_per_image"] for r in foolbox)
