@@ -32,13 +32,13 @@ from models.images import load_image_file
 
 #: name -> overrides of the ``default`` preset
 CONFIGS: dict[str, dict[str, Any]] = {
-    "default (kappa 1, lr 0.05)": {},
-    "kappa 0, lr 0.05": {"kappa": 0.0},
+    "kappa 1, lr 0.05 (the default until bench/cw_peers.py)": {"lr": 0.05},
+    "kappa 0, lr 0.05": {"kappa": 0.0, "lr": 0.05},
     "kappa 0, lr 0.01": {"kappa": 0.0, "lr": 0.01},
-    "kappa 1, lr 0.01": {"lr": 0.01},
-    "kappa 0, lr 0.05, rounding finish": {"kappa": 0.0, "round_finish": True},
+    "default (kappa 1, lr 0.01)": {"lr": 0.01},
+    "kappa 0, lr 0.05, rounding finish": {"kappa": 0.0, "lr": 0.05, "round_finish": True},
     "kappa 0, lr 0.01, rounding finish": {"kappa": 0.0, "lr": 0.01, "round_finish": True},
-    "kappa 1, lr 0.05, rounding finish": {"round_finish": True},
+    "kappa 1, lr 0.05, rounding finish": {"lr": 0.05, "round_finish": True},
 }
 
 

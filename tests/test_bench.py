@@ -305,7 +305,7 @@ def test_cw_peers_bench_judges_ours_and_each_importable_peer_alike(
     assert "ours" in libraries and libraries | skipped == {"ours", "foolbox", "art"} and not libraries & skipped
     ours = {(r["detector"], r["configuration"]) for r in rows if r["library"] == "ours"}
     assert ours == {(d, c) for d in ("demo-resnet18", "demo-vgg16") for c in (
-        "ours default (lr 0.05)", "ours lr 0.01", "ours lr 0.05, rounding finish", "ours lr 0.01, rounding finish"
+        "ours lr 0.05", "ours lr 0.01", "ours lr 0.05, rounding finish", "ours lr 0.01, rounding finish"
     )}  # fmt: skip
     assert report["base"]["search_steps"] == 1 and report["base"]["max_iterations"] == 5
     for r in rows:
