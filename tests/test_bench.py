@@ -322,10 +322,11 @@ def test_cw_peers_bench_judges_ours_and_each_importable_peer_alike(
         if r["params"].get("round_finish"):
             # the finish returns 8-bit images that keep a kappa margin: the PNG keeps every float success
             assert r["png_success"] >= r["float_success"]
-    pytest.importorskip("art.attacks.evasion")
-    art = [r for r in rows if r["library"] == "art"]
-    # ART has no early abort and takes two class gradients per iteration
-    assert len(art) == 4 and all(r["iterations_per_image"] == 5 and r["grad_calls_per_image"] == 10 for r in art)
-    pytest.importorskip("foolbox")
-    foolbox = [r for r in rows if r["library"] == "foolbox"]
-    assert len(foolbox) == 4 and all(r["grad_calls_per_image"] == r["iterations_per_image"] for r in foolbox)
+    # The peers are not project dependencies (docs/ATTACKS.md): checked where they are installed.
+    if "art" in libraries:
+        art = [r for r in rows if r["library"] == "art"]
+        # ART has no early abort and takes two class gradients per iteration
+        assert len(art) == 4 and all(r["iterations_per_image"] == 5 and r["grad_calls_per_image"] == 10 for r in art)
+    if "foolbox" in libraries:
+        foolbox = [r for r in rows if r["library"] == "foolbox"]
+        assert len(foolbox) == 4 and all(r["grad_calls_per_image"] == r["iterations_per_image"] for r in foolbox)
