@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from torch import nn
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
@@ -76,18 +76,36 @@ class ComputeLock:
             self._release()
 
 
-def _before_forward(module: nn.Module, args: Any) -> None:
+def _step_aside_here() -> None:
     lock: ComputeLock | None = getattr(_local, "lock", None)
     if lock is not None:  # an attack's thread; /detect's batcher thread has none
         lock.step_aside()
 
 
+def _before_forward(module: nn.Module, args: Any) -> None:
+    _step_aside_here()
+
+
+def _after_forward(module: nn.Module, args: Any, output: Any) -> None:
+    # The backward pass of an attack step costs about two forward passes: step aside before it too, from a hook on
+    # the output's gradient (a tensor hook, which in-place ReLUs inside the module do not disturb, unlike a module
+    # backward hook). On the CPU autograd runs it in the attack's own thread; in any other thread it does nothing.
+    if getattr(_local, "lock", None) is not None and isinstance(output, Tensor) and output.requires_grad:
+        output.register_hook(_before_backward)
+
+
+def _before_backward(grad: Tensor) -> None:
+    _step_aside_here()
+
+
 def yield_on_forward(module: nn.Module) -> None:
-    """Make ``module``'s forward passes step aside for detection when an attack thread runs them (a forward
-    pre-hook: PyTorch's own extension point; a no-op in every other thread). Registered once per module."""
+    """Make ``module``'s forward and backward passes step aside for detection when an attack thread runs them
+    (a forward pre-hook, and a hook on the output's gradient: PyTorch's own extension points; a no-op in every
+    other thread). Registered once per module."""
     if getattr(module, "_dfg_steps_aside", False):
         return
     module.register_forward_pre_hook(_before_forward)
+    module.register_forward_hook(_after_forward)
     module._dfg_steps_aside = True  # type: ignore[assignment]
 
 

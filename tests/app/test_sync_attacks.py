@@ -74,3 +74,28 @@ def test_an_attack_steps_aside_for_detection_at_its_next_forward_pass() -> None:
     thread.join(5)
     assert during - before <= 1, (before, during)
     assert len(forwards) > during  # and the attack went on afterwards
+
+
+def test_an_attack_steps_aside_before_its_backward_pass_too() -> None:
+    """A step is a forward and a backward pass: a detection that arrives during the forward pass gets the compute
+    before the backward one, so it waits for one pass, not for the whole step (app/compute.py)."""
+    import torch
+
+    from app.compute import ComputeLock, yield_on_forward
+
+    lock, model = ComputeLock(), torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU(inplace=True))
+    yield_on_forward(model)
+    yield_on_forward(model)  # registered once however often it is asked
+    asides: list[str] = []
+    lock.step_aside = lambda: asides.append(threading.current_thread().name)  # type: ignore[method-assign]
+    x = torch.rand(3, 4, requires_grad=True)
+    with lock.attack():
+        (grad,) = torch.autograd.grad(model(x).sum(), x)
+    assert asides == [threading.current_thread().name] * 2  # before the forward pass and before the backward one
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())
+    reference.load_state_dict(model.state_dict())
+    (expected,) = torch.autograd.grad(reference(x).sum(), x)
+    assert torch.equal(grad, expected)  # the hook leaves the gradient as it was
+    with torch.no_grad():
+        model(x)  # outside an attack, and without a graph, nothing steps aside
+    assert len(asides) == 2
