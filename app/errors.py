@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -182,7 +183,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+def allowed_methods(app: FastAPI, scope: Mapping[str, Any]) -> list[str]:
     """Every method some route of ``app`` serves at the request's path.
     The routes are the API routers' own (``app.state.api_routes``, set by ``app.main.create_app``)."""
     methods: set[str] = set()

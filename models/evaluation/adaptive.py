@@ -122,7 +122,8 @@ def step_costs(detector: nn.Module, x: Tensor, *, iterations: int, bpda_iteratio
     spec = next(s for s in purifiers.PURIFIERS_REGISTRY if s.iterations_param is not None)
     out: dict[str, float] = {}
     t = time.perf_counter()
-    spec.fn(x, preset="early", **{spec.iterations_param: bpda_iterations})  # type: ignore[dict-item]
+    steps: dict[str, Any] = {str(spec.iterations_param): bpda_iterations}
+    spec.fn(x, preset="early", **steps)
     out["purification_step_s"] = (time.perf_counter() - t) / bpda_iterations
     for eot in (1, 2, 4):
         request = defense_request(
