@@ -95,3 +95,20 @@ def max_other_logit(logits: Tensor, y: Tensor, *, mask: Tensor | None = None) ->
 
 def true_logit(logits: Tensor, y: Tensor) -> Tensor:
     return logits.gather(1, y[:, None]).squeeze(1)
+
+
+class LinfBall:
+    """The L-inf ball of radius ``eps`` around ``x`` within the pixel box [0, 1], as pixel-wise bounds: what PGD,
+    APGD-CE, FAB and Square project onto."""
+
+    def __init__(self, x: Tensor, eps: float) -> None:
+        self.x, self.eps = x, eps
+        self.lower, self.upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+
+    def project(self, z: Tensor) -> Tensor:
+        return torch.min(torch.max(z, self.lower), self.upper)
+
+    def uniform(self, generator: torch.Generator | None = None) -> Tensor:
+        """A uniform draw from the ball (``generator`` makes it reproducible), projected into [0, 1]."""
+        noise = torch.rand(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
+        return self.project(self.x + (2 * noise - 1) * self.eps)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.attacks._common import check_batch, check_labels, eval_mode
+from models.attacks._common import LinfBall, check_batch, check_labels, eval_mode
 from models.attacks.fgsm import EPS
 from models.attacks.registry import TARGETED, AttackSpec, register
 from models.methods import Param
@@ -77,15 +77,9 @@ def apgd_ce(
         return x.clone()
     n = x.shape[0]
     view = (n, 1, 1, 1)
-    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-
-    def project(z: Tensor) -> Tensor:
-        return torch.min(torch.max(z, lower), upper)
-
-    adv = x.clone()
-    if p["random_start"]:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        adv = project(x + (2 * noise - 1) * eps)
+    ball = LinfBall(x, eps)
+    project = ball.project
+    adv = ball.uniform(generator) if p["random_start"] else x.clone()
     sign = -1.0 if p["targeted"] else 1.0
 
     def fooled(pred: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.attacks._common import check_batch, check_labels, eval_mode
+from models.attacks._common import LinfBall, check_batch, check_labels, eval_mode
 from models.attacks.fgsm import EPS
 from models.attacks.registry import AttackSpec, register
 from models.methods import Param
@@ -136,7 +136,7 @@ def fab(
                 if done % 10 == 0:
                     check_stop(should_stop, done)
     within = best_norm <= eps
-    clipped = torch.min(torch.max(best, x - eps), x + eps).clamp(0, 1)
+    clipped = LinfBall(x, eps).project(best)
     return torch.where(within.view(view), best, clipped)
 
 

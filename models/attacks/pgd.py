@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.attacks._common import check_batch, eval_mode, loss_and_input_gradient
+from models.attacks._common import LinfBall, check_batch, eval_mode, loss_and_input_gradient
 from models.attacks.fgsm import EPS
 from models.attacks.registry import TARGETED, AttackSpec, register
 from models.methods import Param
@@ -43,17 +43,14 @@ def pgd(
     x = x.detach()
     if eps == 0:
         return x.clone()
-    lower, upper = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
-    adv = x.clone()
-    if p["random_start"]:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
+    ball = LinfBall(x, eps)
+    adv = ball.uniform(generator) if p["random_start"] else x.clone()
     sign = -1.0 if p["targeted"] else 1.0
     report_every = max(1, min(10, steps // 10))
     with eval_mode(model):
         for step in range(steps):
             loss, grad = loss_and_input_gradient(model, adv, y, first=step == 0)
-            adv = torch.min(torch.max(adv + sign * step_size * grad.sign(), lower), upper)
+            adv = ball.project(adv + sign * step_size * grad.sign())
             done = step + 1
             if done % report_every == 0 or done == steps:
                 if progress is not None:  # float() syncs the device: only when someone listens

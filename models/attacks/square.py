@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.attacks._common import check_batch, check_labels, eval_mode, max_other_logit, true_logit
+from models.attacks._common import LinfBall, check_batch, check_labels, eval_mode, max_other_logit, true_logit
 from models.attacks.fgsm import EPS
 from models.attacks.registry import TARGETED, AttackSpec, register
 from models.methods import Param
@@ -95,7 +95,7 @@ def square(
                 if progress is not None:
                     progress(Progress(iteration=done, max_iterations=queries, loss=float(loss.mean()), stage="square"))
                 check_stop(should_stop, done)
-    return torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
+    return LinfBall(x, eps).project(adv)
 
 
 def _steps(params: Mapping[str, Any]) -> int:
