@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     det = checkpoint.load(args.checkpoint).detector.eval().to(device)
     fakes = [p for p, label in list_images(args.data) if label == FAKE_INDEX]
-    x = torch.stack([read_image(p) for p in fakes[: 3 * args.n]]).to(device)
-    with torch.no_grad():
-        x = x[det.p_fake(x) >= 0.5][: args.n]
+    x = det.called_fake(torch.stack([read_image(p) for p in fakes[: 3 * args.n]]).to(device), args.n)
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
@@ -66,22 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     started = time.perf_counter()
-    for name in args.purifiers:  # one purifier at a time, so a run cut short keeps the rows it finished
-        for eps_text in args.eps:
-            rows = purifier_rows(
-                det, x, purifier_names=[name], eps_values=[float(Fraction(eps_text))], steps=args.steps,
-                iterations=args.dip_iterations, bpda_iterations=args.bpda_iterations, eot_samples=args.eot,
-                resubmissions=args.resub, thresholds=args.thresholds,
-            )  # fmt: skip
-            for row in rows:
-                accs = row["thresholds"][str(args.thresholds[0])]
-                print(
-                    f"{name:<10}eps {eps_text:<7} clean {accs['clean']['worst']:.3f}  non-adaptive "
-                    f"{accs['non_adaptive']['worst']:.3f}  adaptive {accs['adaptive']['worst']:.3f} (worst, "
-                    f"threshold {args.thresholds[0]})  {row['adaptive_s_per_image']:.2f} s/img adaptive"
-                )
-            report["rows"] += rows
-            save_report(args.json, report, complete=False)
+
+    def done(row: dict[str, Any]) -> None:  # printed and saved as each row ends, so a run cut short keeps it
+        accs = row["thresholds"][str(args.thresholds[0])]
+        print(
+            f"{row['purifier']:<10}eps {row['eps'] * 255:.3g}/255  clean {accs['clean']['worst']:.3f}  non-adaptive "
+            f"{accs['non_adaptive']['worst']:.3f}  adaptive {accs['adaptive']['worst']:.3f} (worst, threshold "
+            f"{args.thresholds[0]})  {row['adaptive_s_per_image']:.2f} s/img adaptive"
+        )
+        report["rows"].append(row)
+        save_report(args.json, report, complete=False)
+
+    purifier_rows(
+        det, x, purifier_names=args.purifiers, eps_values=[float(Fraction(e)) for e in args.eps], steps=args.steps,
+        iterations=args.dip_iterations, bpda_iterations=args.bpda_iterations, eot_samples=args.eot,
+        resubmissions=args.resub, thresholds=args.thresholds, on_row=done,
+    )  # fmt: skip
     if not args.no_step_costs:
         report["step_costs"] = step_costs(
             det, x[:4], iterations=args.dip_iterations, bpda_iterations=args.bpda_iterations

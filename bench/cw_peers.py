@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         name: checkpoint.load(args.checkpoints / f"{name}.safetensors").detector.eval().to(args.device)
         for name in ("demo-resnet18", "demo-vgg16")
     }
-    batches: dict[str, Tensor] = {}
-    for name, det in detectors.items():
-        with torch.no_grad():
-            caught = (det.p_fake(images.to(args.device)) >= 0.5).cpu()
-        batches[name] = images[caught][: args.n].to(args.device)
+    batches = {name: det.called_fake(images.to(args.device), args.n) for name, det in detectors.items()}
     # Ours first, the peers after: a run cut short by its time limit keeps the cheaper rows of both detectors.
     for label in configs:
         library, overrides = CONFIGS[label]

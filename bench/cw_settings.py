@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'detector':<15} {'configuration':<28} {'float':>7} {'png':>7} {'iters':>6} {'L2 png':>7} {'s/img':>6}")
     for name in ("demo-resnet18", "demo-vgg16"):
         det = checkpoint.load(args.checkpoints / f"{name}.safetensors").detector.eval()
-        with torch.no_grad():
-            caught = det.p_fake(images) >= 0.5
-        x = images[caught][: args.n]
+        x = det.called_fake(images, args.n)
         y = torch.full((len(x),), FAKE_INDEX, dtype=torch.long)
         for label in args.configs:
             params = {**CW_PRESETS["default"], **CONFIGS[label]}

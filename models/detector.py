@@ -114,6 +114,11 @@ class Detector(nn.Module):
         """Probability of the ``fake`` class, one value per image."""
         return torch.softmax(self(x).float(), dim=1)[:, FAKE_INDEX]
 
+    def called_fake(self, x: Tensor, limit: int | None = None) -> Tensor:
+        """The images of ``x`` this detector calls fake (``p_fake >= 0.5``), in order, at most ``limit``: the fakes
+        an attack on its verdict starts from."""
+        return x[self.p_fake(x) >= 0.5][:limit]
+
 
 def fit_image(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     """``x`` (N x 3 x H x W) to ``size`` (H, W) by a ``RESIZE_MODES`` mode; bilinear, antialiased, differentiable.

@@ -85,9 +85,7 @@ def _r5(
     fake, and the standard suite on every given detector, not the Lipschitz sweep's (models/evaluation/adaptive.py)."""
     target = members[0]
     detector = target.detector.to(device).eval()
-    fakes = x[y == FAKE_INDEX].to(device)
-    with torch.no_grad():
-        fakes = fakes[detector.p_fake(fakes) >= 0.5][: config.r5_fakes]
+    fakes = detector.called_fake(x[y == FAKE_INDEX].to(device), config.r5_fakes)
     names = config.r5_purifiers or tuple(purifiers.names())
     thresholds = tuple(sorted({0.5, config.dip_threshold}))
     rows: list[dict[str, Any]] = []
