@@ -27,7 +27,7 @@ from core.settings import Settings
 from models import attacks
 from models import purify as purifiers
 from models.attacks.adaptive import ADAPTIVE_PARAMS, NO_DEFENSE, Defense, resolve_defense
-from models.attacks.measure import SAVE_FORMATS, attack_in_zoo
+from models.attacks.measure import SAVE_FORMATS, attack_in_zoo, check_adaptive_crop
 from models.facecrop import CROP_MODES, box_from_list
 
 #: The form fields POST /attack declares itself; the rest come from the attacks' and purifiers' declarations.
@@ -150,8 +150,10 @@ def build_router() -> APIRouter:
         given = {**form.given(spec, values), **extra}
         resolved = form.resolve(spec, values, **extra)
         defended = defense_request(dform, defense, values, settings)
-        if defended is not None and crop == "faces":
-            raise InvalidParameter("crop=faces attacks the bare detector: an adaptive attack (defense) needs crop=none")
+        try:
+            check_adaptive_crop(crop, defended is not None)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from exc
         tgt = service.model(target)
         src = service.model(source) if source else tgt
         job = AttackJob(

@@ -234,6 +234,13 @@ class AttackOutcome:
         return encode_png(self.report.adv.float().cpu())
 
 
+def check_adaptive_crop(crop: str, adaptive: bool) -> None:
+    """An adaptive attack (one with a defence) works on the whole image; ``crop="faces"`` attacks the bare detector
+    only. A ValueError says so (the API checks it before reading the upload, a queued job again here)."""
+    if adaptive and check_crop(crop) == "faces":
+        raise ValueError("crop=faces attacks the bare detector: an adaptive attack (defense) needs crop=none")
+
+
 def attack_in_zoo(
     zoo: Zoo,
     x: Tensor,
@@ -258,10 +265,9 @@ def attack_in_zoo(
     tgt = zoo.get(target)
     src = zoo.get(source) if source and source != target else None
     defended = resolve_defense(defense)
+    check_adaptive_crop(crop, defended is not None)
     face_body: dict[str, Any] = {"faces_before": None, "faces": None}  # the answer's fields whatever the crop
     if check_crop(crop) == "faces":
-        if defended is not None:
-            raise ValueError("crop=faces attacks the bare detector: an adaptive attack (defense) needs crop=none")
         from models.attacks.face_attack import attack_faces  # it builds on this module
 
         on_device = x.to(zoo.device)
