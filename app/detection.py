@@ -78,7 +78,7 @@ class DetectionService:
         det = loaded.detector
         with torch.inference_mode():
             crops = [face_crops(det, x.to(self.zoo.device), b) for x, b in zip(images, boxes, strict=True) if b]
-            return det.preprocess(torch.cat(crops)) if crops else torch.empty(0)
+            return det.normalize(torch.cat(crops)) if crops else torch.empty(0)
 
     async def score_faces(
         self, loaded: LoadedCheckpoint, images: list[Tensor], boxes: list[list[Box]]

@@ -18,9 +18,9 @@ from fastapi import Form
 from pydantic import BeforeValidator, Field
 
 from app.errors import InvalidParameter, applicable_params
-from models.methods import Method, Param
+from models.methods import DECIMAL_TEXT, FRACTION_TEXT, Method, Param, number_from_text
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_DECIMAL = DECIMAL_TEXT
 _INTEGER = re.compile(r"[+-]?\d+")
 _NON_FINITE = frozenset({"nan", "inf", "infinity"})
 
@@ -43,10 +43,17 @@ def _strict_bool(value: Any) -> Any:
     return value
 
 
-#: Form-field validators: numbers as plain decimal literals, booleans as true / false (a 422 names the field).
-#: Bounds go on the number type inside (``Annotated[Annotated[float, Field(le=1)] | None, STRICT_FLOAT, Form()]``):
-#: beside the validator they would leave the OpenAPI schema's minimum and maximum out.
-STRICT_FLOAT = BeforeValidator(lambda v: _number_text(v, _DECIMAL, "a decimal number such as 0.5, 2 or 1e-3"))
+def _float_text(value: Any) -> Any:
+    if isinstance(value, str) and FRACTION_TEXT.fullmatch(value):
+        return number_from_text(value)  # 8/255, as the CLI takes it (docs/ATTACKS.md)
+    return _number_text(value, _DECIMAL, "a decimal number such as 0.5, 2 or 1e-3, or a fraction such as 8/255")
+
+
+#: Form-field validators: numbers as plain decimal literals (floats also as fractions, ``8/255``), booleans as
+#: true / false (a 422 names the field). Bounds go on the number type inside
+#: (``Annotated[Annotated[float, Field(le=1)] | None, STRICT_FLOAT, Form()]``): beside the validator they would leave
+#: the OpenAPI schema's minimum and maximum out.
+STRICT_FLOAT = BeforeValidator(_float_text)
 STRICT_INT = BeforeValidator(lambda v: _number_text(v, _INTEGER, "a whole number such as 10"))
 STRICT_BOOL = BeforeValidator(_strict_bool)
 

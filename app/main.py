@@ -21,7 +21,7 @@ from app.metrics import ApiMetrics, HttpMetricsMiddleware, RedisCollector
 from app.pixels import PixelGate
 from app.routes import attack, detect, health, jobs, metrics, page, purify
 from core.settings import Settings, get_settings
-from models.zoo import Zoo, resolve_device
+from models.zoo import Zoo, choose_default, resolve_device
 
 log = logging.getLogger("deepfake_guard.api")
 
@@ -67,13 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
         zoo = Zoo.from_directory(settings.checkpoints_dir, device)
-        if settings.default_model not in zoo.names() and len(zoo):
-            raise ValueError(
-                f"DFG_DEFAULT_MODEL={settings.default_model!r} is not among the loaded detectors {zoo.names()}"
-            )
-        log.info("loaded detectors %s on %s", zoo.names(), device)
+        default, why = choose_default(zoo.names(), settings.default_model)
+        log.info("loaded detectors %s on %s; %s", zoo.names(), device, why)
         app.state.detection = DetectionService(
-            zoo, settings.default_model, max_batch=settings.detect_max_batch, precision=settings.detect_precision,
+            zoo, default, max_batch=settings.detect_max_batch, precision=settings.detect_precision,
             attack_threads=settings.sync_attack_threads,
         )  # fmt: skip
         app.state.detection.batcher.on_batch = app.state.metrics.observe_detect_batch

@@ -37,7 +37,7 @@ class DetectionResult(BaseModel):
 class DetectResponse(BaseModel):
     model: ModelRef
     threshold: float
-    threshold_source: Literal["request", "checkpoint", "default"] = Field(
+    threshold_source: ThresholdSource = Field(
         default="request",
         description="Where `threshold` came from: the request, the checkpoint's fitted operating threshold "
         "(`metrics.calibration`), or 0.5 when neither gives one.",
@@ -55,7 +55,24 @@ class ModelInfo(BaseModel):
         "`p_fake` is always the fake class's probability."
     )
     logits: int = Field(2, description="2 (softmax) or 1 (sigmoid head).")
-    resize: Literal["resize", "center-crop"] = Field("resize", description="How an image is fitted to input_size.")
+    resize: Literal["resize", "center-crop", "short-side-crop"] = Field(
+        "resize", description="How an image is fitted to input_size (docs/IMPORTING.md)."
+    )
+    resize_short: int | None = Field(
+        None, description="short-side-crop: the shorter side before the centre crop (timm: input / crop_pct)."
+    )
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    antialias: bool = True
+    threshold: float = Field(description="The operating threshold /detect uses when a request gives none.")
+    threshold_source: Literal["checkpoint", "default"] = Field(
+        description="`checkpoint`: fitted on validation images (`calibration` says how); `default`: 0.5."
+    )
+    calibration: dict[str, Any] | None = Field(
+        None, description="How the checkpoint's threshold was fitted: target FPR and the validation rates."
+    )
+    demo_data: bool = Field(
+        description="Trained on the synthetic demo data (docs/DATA.md): its verdicts on real photos mean nothing."
+    )
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation inside the detector.")
     std: tuple[float, float, float] | None = None
     sha256: str
@@ -139,11 +156,21 @@ class DefenseOutcome(BaseModel):
     bare_success: bool = Field(description="The delivered file fools the detector without the purifier.")
 
 
+ThresholdSource = Literal["request", "checkpoint", "default"]
+
+
 class AttackResult(BaseModel):
     """A synchronous attack's answer (a queued one's job `result` has the same fields, without `adversarial`)."""
 
     method: str
     save_format: Literal["png", "jpeg75"]
+    threshold: float = Field(
+        description="The target's operating threshold every label here uses (fake when p_fake >= threshold), chosen "
+        "as /detect chooses it."
+    )
+    threshold_source: ThresholdSource = Field(
+        description="Where `threshold` came from: the request, the target checkpoint's fitted one, or 0.5."
+    )
     label_before: Literal["fake", "real"] = Field(description="The target's label of the clean image.")
     label_after: Literal["fake", "real", "no_face"] = Field(
         description="The target's label of the delivered file (`no_face`: crop=faces found no face on it)."
@@ -157,8 +184,8 @@ class AttackResult(BaseModel):
     psnr: float | None = Field(description="dB; null when the delivered image equals the input.")
     iterations: int = Field(description="Optimisation steps actually run.")
     success: bool = Field(
-        description="The target's label of the delivered file differs from the clean one's (with a defense: that of "
-        "some purified resubmission, `defense.success_any`)."
+        description="The target's verdict at `threshold` on the delivered file differs from its verdict on the clean "
+        "image (targeted: it is the goal; with a defense: that of some purified resubmission, `defense.success_any`)."
     )
     source_p_fake_before: float | None = Field(description="Black-box runs: the crafting detector's p_fake.")
     source_p_fake_after: float | None

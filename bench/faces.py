@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     def cropped() -> None:
         boxes = faces.detect_faces(image)
         if boxes:
-            batch = torch.stack([faces.crop(image, b, detector.input_size, mode=detector.resize) for b in boxes])
+            batch = torch.stack([faces.crop(image, b, detector.fitting) for b in boxes])
             with torch.inference_mode():
                 detector(batch.to(device)).softmax(1).cpu()
 

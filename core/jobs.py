@@ -22,6 +22,17 @@ def _crop_json(crop: str, faces: tuple[FaceBox, ...]) -> dict[str, Any]:
     return {} if crop == "none" else {"crop": crop, "faces": [list(b) for b in faces]}
 
 
+def _threshold_json(threshold: float | None) -> dict[str, Any]:
+    """The request's operating threshold in a job's JSON, left out when the request gave none (the worker then
+    takes the checkpoint's, else 0.5: ``models.detector.operating_threshold``)."""
+    return {} if threshold is None else {"threshold": float(threshold)}
+
+
+def _pop_threshold(rest: dict[str, Any]) -> float | None:
+    value = rest.pop("threshold", None)
+    return None if value is None else float(value)
+
+
 def _pop_crop(rest: dict[str, Any]) -> dict[str, Any]:
     crop = str(rest.pop("crop", "none"))
     faces = tuple(tuple(int(v) for v in b) for b in rest.pop("faces", None) or ())
@@ -52,24 +63,28 @@ def check_working_size(height: int, width: int, *, max_side: int, min_side: int)
 class PurifyJob:
     """Purify one image with ``method`` (a registered purifier) and its keyword arguments ``params``.
 
-    ``crop="faces"`` purifies the face boxes ``faces`` (found by the API on the upload) and pastes them back."""
+    ``crop="faces"`` purifies the face boxes ``faces`` (found by the API on the upload) and pastes them back;
+    ``threshold`` is the request's operating threshold for the result's labels (None: each checkpoint's own)."""
 
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     crop: str = "none"
     faces: tuple[FaceBox, ...] = ()
+    threshold: float | None = None
 
     KIND: ClassVar[str] = "purify"
     FUNC: ClassVar[str] = keys.PURIFY_FUNC
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, **self.params, **_crop_json(self.crop, self.faces)}
+        return {"method": self.method, **self.params, **_crop_json(self.crop, self.faces),
+                **_threshold_json(self.threshold)}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PurifyJob:
         rest = dict(data)
         method = str(rest.pop("method"))
-        return cls(method=method, **_pop_crop(rest), params=rest)  # type: ignore[arg-type]
+        threshold = _pop_threshold(rest)
+        return cls(method=method, **_pop_crop(rest), params=rest, threshold=threshold)  # type: ignore[arg-type]
 
     def batch_signature(self) -> tuple[Any, ...]:
         """Jobs batch together only when every setting matches (a DIP seed included: it fixes the network); a
@@ -83,7 +98,8 @@ class AttackJob:
     """Attack one image on detector ``target``, crafted on ``source`` (black-box when it differs), delivered as
     ``save_format``; ``params`` are the attack's keyword arguments. ``defense`` makes it adaptive: the purifier's
     name under ``method``, its keyword arguments and the adaptive settings (``models.attacks.adaptive``); jobs
-    queued before it existed carry none."""
+    queued before it existed carry none. ``threshold``: the request's operating threshold for the target's
+    verdicts (None: the checkpoint's, else 0.5)."""
 
     method: str
     target: str
@@ -93,19 +109,21 @@ class AttackJob:
     crop: str = "none"
     faces: tuple[FaceBox, ...] = ()
     defense: dict[str, Any] | None = None
+    threshold: float | None = None
 
     KIND: ClassVar[str] = "attack"
     FUNC: ClassVar[str] = keys.ATTACK_FUNC
     _OWN: ClassVar[tuple[str, ...]] = ("method", "target", "source", "save_format")
 
     def __post_init__(self) -> None:
-        clash = sorted(set(self.params) & {*self._OWN, "crop", "faces", "defense"})
+        clash = sorted(set(self.params) & {*self._OWN, "crop", "faces", "defense", "threshold"})
         if clash:
             raise ValueError(f"attack parameters may not be named {clash}")
 
     def to_json(self) -> dict[str, Any]:
         out = {"method": self.method, "target": self.target, "source": self.source,
-               "save_format": self.save_format, **self.params, **_crop_json(self.crop, self.faces)}  # fmt: skip
+               "save_format": self.save_format, **self.params, **_crop_json(self.crop, self.faces),
+               **_threshold_json(self.threshold)}  # fmt: skip
         if self.defense is not None:
             out["defense"] = dict(self.defense)
         return out
@@ -115,4 +133,6 @@ class AttackJob:
         rest = dict(data)
         own = {k: str(rest.pop(k)) for k in cls._OWN}
         defense = rest.pop("defense", None)
-        return cls(**own, **_pop_crop(rest), params=rest, defense=None if defense is None else dict(defense))  # type: ignore[arg-type]
+        threshold = _pop_threshold(rest)
+        return cls(**own, **_pop_crop(rest), params=rest, defense=None if defense is None else dict(defense),  # type: ignore[arg-type]
+                   threshold=threshold)  # fmt: skip

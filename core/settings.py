@@ -86,7 +86,11 @@ class Settings(BaseSettings):
         description="Folder of *.safetensors + *.json detectors. Unset: the two demo detectors shipped inside the "
         "package, so an installed `deepfake-guard serve` works from any folder.",
     )
-    default_model: str = Field("demo-resnet18", description="Detector used when a request names none.")
+    default_model: str | None = Field(
+        None,
+        description="Detector used when a request names none. Unset: the only detector of DFG_CHECKPOINTS_DIR, or the "
+        "first by name (the log says which); set to a name that is not there, the service refuses to start.",
+    )
     checkpoints_reload_s: float = Field(
         2.0,
         ge=0,

@@ -5,8 +5,10 @@ class names, normalisation and provenance (dataset, seed, exact command, metrics
 
 Format 2 adds what a detector brought from elsewhere needs (``models.importing``): ``fake_index`` (the fake
 class's index in the backbone's own output; for a 1-logit head, 1 means the sigmoid scores ``fake``) and
-``resize`` (``models.detector.RESIZE_MODES``). Format-1 files have neither and load as before: 2-logit heads
-with fake at 0, 1-logit heads whose sigmoid scores fake, whole-image resize.
+``resize`` (``models.fitting.FIT_MODES``). Format 3 adds the rest of the evaluation transform: ``resize_short``
+(``short-side-crop``'s shorter side), ``interpolation`` and ``antialias`` (models/fitting.py). Older files have
+none of these and load as before: 2-logit heads with fake at 0, 1-logit heads whose sigmoid scores fake,
+whole-image resize, bilinear and antialiased.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import registry
-from models.detector import CLASS_NAMES, FAKE_INDEX, RESIZE_MODES, Detector
+from models.detector import CLASS_NAMES, FAKE_INDEX, Detector, operating_threshold
+from models.fitting import Fitting
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: The demo detectors that ship inside the package (served when DFG_CHECKPOINTS_DIR is unset): docs/DATA.md.
 DEMO_CHECKPOINTS = Path(__file__).resolve().parent / "demo_checkpoints"
@@ -46,18 +49,32 @@ class CheckpointMeta:
     format_version: int = FORMAT_VERSION
     fake_index: int = FAKE_INDEX
     resize: str = "resize"
+    resize_short: int | None = None
+    interpolation: str = "bilinear"
+    antialias: bool = True
 
     def __post_init__(self) -> None:
         if self.logits not in registry.LOGITS:
             raise ValueError(f"logits must be one of {registry.LOGITS}, got {self.logits!r}")
         if self.fake_index not in (0, 1):
             raise ValueError(f"fake_index must be 0 or 1, got {self.fake_index!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        self.fitting()  # refuses a mode, side, interpolation or antialias it cannot mean
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"format_version {self.format_version} is newer than this reader's {FORMAT_VERSION}; upgrade"
             )
+
+    def fitting(self) -> Fitting:
+        """How an image reaches this detector's input (models/fitting.py)."""
+        return Fitting(
+            (int(self.input_size[0]), int(self.input_size[1])), mode=self.resize, short_side=self.resize_short,
+            interpolation=self.interpolation, antialias=self.antialias,
+        )  # fmt: skip
+
+    def operating_point(self, requested: float | None = None) -> tuple[float, str]:
+        """``(threshold, source)`` for a verdict: ``requested``, else this checkpoint's fitted threshold, else 0.5
+        (``models.detector.operating_threshold``: the one rule every verdict follows)."""
+        return operating_threshold(requested, self.threshold)
 
     @property
     def threshold(self) -> float | None:
@@ -70,12 +87,26 @@ class CheckpointMeta:
             return None
         return float(value)
 
+    @property
+    def demo_data(self) -> bool:
+        """Trained on the synthetic demo data (docs/DATA.md): ``provenance.dataset.demo``, or for checkpoints
+        trained before that field, a dataset with a ``manifest.json``, which only ``make-demo-data`` writes."""
+        dataset = self.provenance.get("dataset")
+        if not isinstance(dataset, dict):
+            return False
+        if "demo" in dataset:
+            return dataset["demo"] is True
+        return bool(dataset.get("manifest_sha256"))
+
     def semantics(self) -> dict[str, Any]:
         """How the detector reads its input and output (what ``GET /models`` shows beside the metrics)."""
         return {
             "architecture": self.architecture,
             "input_size": list(self.input_size),
             "resize": self.resize,
+            "resize_short": self.resize_short,
+            "interpolation": self.interpolation,
+            "antialias": self.antialias,
             "mean": list(self.mean),
             "std": list(self.std),
             "logits": self.logits,
@@ -109,9 +140,50 @@ class CheckpointMeta:
                 format_version=int(data.get("format_version", 1)),
                 fake_index=int(data.get("fake_index", legacy_fake_index)),
                 resize=str(data.get("resize", "resize")),
+                resize_short=_optional_int(data.get("resize_short")),
+                interpolation=str(data.get("interpolation", "bilinear")),
+                antialias=data.get("antialias", True),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"{source}: malformed metadata ({exc!r})") from exc
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"resize_short must be a whole number of pixels, got {value!r}")
+    return value
+
+
+def public_path(text: str) -> str:
+    """A path as a checkpoint may show it to anyone: its last part only (``/home/me/data/val`` -> ``val``); an
+    option written ``--out=/x/y`` keeps its name. Other text is returned as it is."""
+    if "/" not in text and "\\" not in text:
+        return text
+    option, eq, value = text.partition("=")
+    if eq and option.startswith("-"):
+        return f"{option}={public_path(value)}"
+    return Path(text.replace("\\", "/").rstrip("/")).name or text
+
+
+def public(data: Any, key: str = "") -> Any:
+    """``data`` (a checkpoint's provenance or metrics) without the paths of the machine it was made on: every
+    ``path``, ``command`` and ``argv`` value keeps file names only (``GET /models`` serves it to every client)."""
+    if isinstance(data, dict):
+        return {k: public(v, k) for k, v in data.items()}
+    if isinstance(data, list):
+        return [public(v, key) for v in data]
+    if isinstance(data, str) and key in ("path", "argv"):
+        return public_path(data)
+    if isinstance(data, str) and key == "command":
+        import shlex
+
+        try:
+            return shlex.join(public_path(t) for t in shlex.split(data))
+        except ValueError:  # unbalanced quotes: not a command line we wrote
+            return public_path(data)
+    return data
 
 
 @dataclass
@@ -156,6 +228,9 @@ def build(meta: CheckpointMeta, *, architecture: str | None = None) -> Detector:
         logits=meta.logits,
         fake_index=meta.fake_index,
         resize=meta.resize,
+        resize_short=meta.resize_short,
+        interpolation=meta.interpolation,
+        antialias=meta.antialias,
         mean=meta.mean,
         std=meta.std,
     )

@@ -10,19 +10,23 @@ logits permuted here, so attacks, scoring, training and evaluation stay correct 
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from models.fitting import FIT_MODES, Fitting
 
 #: Class order used by every detector: ImageFolder sorts ``fake`` before ``real`` (as in the paper).
 CLASS_NAMES: tuple[str, str] = ("fake", "real")
 FAKE_INDEX = 0
 REAL_INDEX = 1
-#: ``resize``: the whole image to the input size (bilinear, antialiased; aspect not kept).
-#: ``center-crop``: scale so the image covers the input size, then cut its centre (aspect kept).
-RESIZE_MODES: tuple[str, str] = ("resize", "center-crop")
+#: How an image is fitted to the input size: models/fitting.py.
+RESIZE_MODES: tuple[str, ...] = FIT_MODES
+#: The cut when neither a request nor the checkpoint gives an operating threshold (``operating_threshold``).
+DEFAULT_THRESHOLD = 0.5
 
 
 class SigmoidAdapter(nn.Module):
@@ -51,7 +55,8 @@ class Detector(nn.Module):
 
     ``forward`` returns logits N x 2 ordered as ``class_names`` (index 0 is ``fake``). ``fake_index`` is the
     fake class's index in the backbone's own output (a 1-logit backbone comes wrapped in ``SigmoidAdapter``,
-    whose output already has two columns); ``resize`` is one of ``RESIZE_MODES``.
+    whose output already has two columns); ``resize``, ``resize_short``, ``interpolation`` and ``antialias`` make its
+    ``fitting`` (models/fitting.py).
     """
 
     def __init__(
@@ -64,6 +69,9 @@ class Detector(nn.Module):
         class_names: Sequence[str] = CLASS_NAMES,
         fake_index: int = FAKE_INDEX,
         resize: str = "resize",
+        resize_short: int | None = None,
+        interpolation: str = "bilinear",
+        antialias: bool = True,
     ) -> None:
         super().__init__()
         if tuple(class_names) != CLASS_NAMES:
@@ -72,31 +80,51 @@ class Detector(nn.Module):
             raise ValueError(f"mean and std need 3 values with std > 0, got mean={mean} std={std}")
         if fake_index not in (0, 1):
             raise ValueError(f"fake_index must be 0 or 1, got {fake_index!r}")
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        if min(input_size) < 1:
-            raise ValueError(f"input_size must be positive, got {tuple(input_size)}")
         self.backbone = backbone
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.fitting = Fitting(
+            self.input_size, mode=resize, short_side=resize_short, interpolation=interpolation, antialias=antialias
+        )
+        #: True on the view ``prefitted`` returns: its inputs were fitted already and are taken as they are.
+        self.takes_fitted = False
         self.class_names = tuple(class_names)
         self.fake_index = int(fake_index)
-        self.resize = resize
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def fit(self, x: Tensor) -> Tensor:
-        """Images N x 3 x H x W in pixel units brought to ``input_size`` by the ``resize`` mode (differentiable)."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images N x 3 x H x W, got shape {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) == self.input_size:
+        """Images N x 3 x H x W in pixel units brought to ``input_size`` by the ``fitting`` (differentiable)."""
+        if self.takes_fitted:
+            if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.input_size:
+                raise ValueError(
+                    f"this view of the detector takes images fitted to {self.input_size} already, got shape "
+                    f"{tuple(x.shape)}"
+                )
             return x
-        return fit_image(x, self.input_size, self.resize)
+        return self.fitting.apply(x)
+
+    def prefitted(self) -> Detector:
+        """This detector (same weights, same buffers) for images that ``fit`` has brought to its input already.
+
+        A fitting is not idempotent (``short-side-crop`` would resize a fitted 224 px image to 256 and cut it again),
+        so code that fits a folder once and then attacks or trains on the fitted tensors scores them through this
+        view: ``view(detector.fit(x)) == detector(x)``, exactly."""
+        view = copy.copy(self)  # shares the modules, parameters and buffers; only the flag below differs
+        view.__dict__["takes_fitted"] = True
+        return view
+
+    @property
+    def resize(self) -> str:
+        return self.fitting.mode
+
+    def normalize(self, fitted: Tensor) -> Tensor:
+        """Mean/std normalisation of images ``fit`` has brought to the input already."""
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return (fitted - mean) / std
 
     def preprocess(self, x: Tensor) -> Tensor:
         """``fit`` then mean/std normalisation: what the backbone takes."""
-        x = self.fit(x)
-        mean, std = self.get_buffer("mean"), self.get_buffer("std")
-        return (x - mean) / std
+        return self.normalize(self.fit(x))
 
     def classify(self, prepared: Tensor) -> Tensor:
         """Logits N x 2 in ``CLASS_NAMES`` order from ``preprocess``'s output.
@@ -114,29 +142,64 @@ class Detector(nn.Module):
         """Probability of the ``fake`` class, one value per image."""
         return torch.softmax(self(x).float(), dim=1)[:, FAKE_INDEX]
 
-    def called_fake(self, x: Tensor, limit: int | None = None) -> Tensor:
-        """The images of ``x`` this detector calls fake (``p_fake >= 0.5``), in order, at most ``limit``: the fakes
-        an attack on its verdict starts from."""
-        return x[self.p_fake(x) >= 0.5][:limit]
+    def called_fake(self, x: Tensor, limit: int | None = None, *, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
+        """The images of ``x`` this detector calls fake (``p_fake >= threshold``), in order, at most ``limit``: the
+        fakes an attack on its verdict starts from."""
+        return x[self.p_fake(x) >= threshold][:limit]
 
 
 def fit_image(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
-    """``x`` (N x 3 x H x W) to ``size`` (H, W) by a ``RESIZE_MODES`` mode; bilinear, antialiased, differentiable.
+    """``x`` (N x 3 x H x W) to ``size`` (H, W) by a ``resize`` or ``center-crop`` fitting, bilinear and antialiased
+    (face crops and pastes: models/faces.py)."""
+    return Fitting((int(size[0]), int(size[1])), mode=mode).apply(x)
 
-    ``center-crop`` follows torchvision's ``Resize`` + ``CenterCrop``: the shorter side (relative to ``size``)
-    is scaled to fit, the longer one cut evenly on both sides (offsets rounded as ``CenterCrop`` does).
-    """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
-    th, tw = size
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    if (h, w) == (th, tw):
-        return x
-    if mode == "resize":
-        return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
-    scale = max(th / h, tw / w)
-    sh, sw = max(th, round(h * scale)), max(tw, round(w * scale))
-    if (sh, sw) != (h, w):
-        x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = round((sh - th) / 2.0), round((sw - tw) / 2.0)
-    return x[..., top : top + th, left : left + tw]
+
+def verdict(p_fake: Tensor, threshold: float) -> Tensor:
+    """Class index per image: ``fake`` where ``p_fake >= threshold``, else ``real``. Every label the service, the CLI
+    and the evaluations give comes from here (or ``label_name``), at the operating threshold of
+    ``operating_threshold``."""
+    return torch.where(p_fake >= threshold, FAKE_INDEX, REAL_INDEX)
+
+
+def label_name(p_fake: float, threshold: float) -> str:
+    return CLASS_NAMES[FAKE_INDEX] if p_fake >= threshold else CLASS_NAMES[REAL_INDEX]
+
+
+def operating_threshold(requested: float | None, fitted: float | None) -> tuple[float, str]:
+    """The threshold a verdict uses and where it came from: the request's, else the checkpoint's fitted one
+    (``CheckpointMeta.threshold``), else 0.5. The one rule of /detect, /attack, /purify, the jobs and the CLI."""
+    if requested is not None:
+        if isinstance(requested, bool) or not 0 <= requested <= 1 or math.isnan(requested):
+            raise ValueError(f"threshold must be in [0, 1], got {requested!r}")
+        return float(requested), "request"
+    if fitted is not None:
+        return float(fitted), "checkpoint"
+    return DEFAULT_THRESHOLD, "default"
+
+
+class AtThreshold(nn.Module):
+    """A detector whose argmax is its verdict at ``threshold``: the fake logit lowered by ``logit(threshold)``.
+
+    Attacks decide success, margins and early stops by argmax (CW's kappa, FAB's boundary, APGD's checks); run on
+    this module they aim at the operating point the service judges with, not at 0.5. At 0.5 it adds nothing
+    (``at_threshold`` returns the detector itself). Probabilities from this module are not p_fake: read p_fake from
+    the detector."""
+
+    def __init__(self, model: nn.Module, threshold: float) -> None:
+        super().__init__()
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        self.model = model
+        t = min(max(threshold, 1e-12), 1 - 1e-12)
+        # logit(p) - logit(t) >= 0 exactly when p >= t: the shift moves the 2-logit softmax's boundary to t.
+        self.shift = math.log(t / (1 - t))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        shift = torch.zeros_like(logits)
+        shift[:, FAKE_INDEX] = self.shift
+        return logits - shift
+
+
+def at_threshold(model: nn.Module, threshold: float) -> nn.Module:
+    return model if threshold == DEFAULT_THRESHOLD else AtThreshold(model, threshold)

@@ -49,7 +49,7 @@ def box_from_list(values: Sequence[int]) -> Box:
 
 def face_crops(detector: Detector, image: Tensor, boxes: Sequence[Box]) -> Tensor:
     """``k x 3 x h x w``: each box of ``image`` (3 x H x W) at the detector's input size, by its ``resize`` mode."""
-    return torch.stack([crop(image, b, detector.input_size, mode=detector.resize) for b in boxes])
+    return torch.stack([crop(image, b, detector.fitting) for b in boxes])
 
 
 def label_of(p_fake: float | None, threshold: float = 0.5) -> str:
@@ -78,7 +78,7 @@ def score_faces(detector: Detector, image: Tensor, boxes: Sequence[Box]) -> list
     if not boxes:
         return []
     device = detector.get_buffer("mean").device
-    p = detector.p_fake(face_crops(detector, image.to(device), boxes)).tolist()
+    p = detector.prefitted().p_fake(face_crops(detector, image.to(device), boxes)).tolist()
     return [FaceVerdict(b, float(v)) for b, v in zip(boxes, p, strict=True)]
 
 
@@ -92,11 +92,12 @@ class FaceCrops(nn.Module):
             raise NoFace("no face to attack")
         self.detector = detector
         self.boxes = list(boxes)
+        self.scorer = detector.prefitted()  # the crops are fitted already
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[0] != len(self.boxes):
             raise ValueError(f"expected {len(self.boxes)} copies of the photo (one per face), got {x.shape[0]}")
-        return self.detector(torch.stack([crop(x[i], b, self.detector.input_size, mode=self.detector.resize)
+        return self.scorer(torch.stack([crop(x[i], b, self.detector.fitting)
                                           for i, b in enumerate(self.boxes)]))  # fmt: skip
 
 
@@ -174,7 +175,7 @@ class CropFolder(Dataset[tuple[Tensor, int]]):
         with torch.no_grad():
             if box is None:
                 return self.detector.fit(x[None])[0], label
-            return crop(x, box, self.detector.input_size, mode=self.detector.resize), label
+            return crop(x, box, self.detector.fitting), label
 
     @property
     def labels(self) -> Tensor:
@@ -186,17 +187,17 @@ class CropFolder(Dataset[tuple[Tensor, int]]):
 
 
 def folder_for(root: str | Path, detector: Detector, *, crop: str = "none") -> ImageFolderDataset | CropFolder:
-    """What ``train`` and the evaluation sweep read: the plain resized ImageFolder when that is what the detector
-    does itself (``resize`` mode, no crop: the same pixels, as before), a ``CropFolder`` otherwise."""
-    if check_crop(crop) == "none" and detector.resize == "resize":
-        return ImageFolderDataset(root, image_size=detector.input_size)
+    """What ``train`` and the evaluations read: each image read as an upload is and fitted by the detector's own
+    ``fitting``, or (``crop="faces"``) each face crop. Score these through ``detector.prefitted()``."""
+    if check_crop(crop) == "none":
+        return ImageFolderDataset(root, fitting=detector.fitting)
     return CropFolder(root, detector, crop=crop)
 
 
 def load_folder(root: str | Path, detector: Detector, *, crop: str = "none") -> TensorFolder:
-    """``folder_for`` read into memory (``evaluate``'s test split)."""
-    if check_crop(crop) == "none" and detector.resize == "resize":
-        return load_image_folder(root, image_size=detector.input_size)
+    """``folder_for`` read into memory (``evaluate``'s splits, ``robustness``, ``import-detector --eval``)."""
+    if check_crop(crop) == "none":
+        return load_image_folder(root, fitting=detector.fitting)
     ds = CropFolder(root, detector, crop=crop)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     return TensorFolder(images=images, labels=ds.labels, paths=[p for p, _, _ in ds.items])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.detector import fit_image
+from models.fitting import Fitting
 
 #: FaceForensics++'s ``get_boundingbox`` scale: the square crop's side over the detector box's longer side.
 SCALE = 1.3
@@ -113,11 +114,11 @@ def _check(image: Tensor, box: Box) -> None:
         raise ValueError(f"box {box.as_list()} does not fit an image of {image.shape[-1]} x {image.shape[-2]}")
 
 
-def crop(image: Tensor, box: Box, size: tuple[int, int], *, mode: str = "resize") -> Tensor:
-    """The box's pixels brought to ``size`` (H, W) by ``models.detector.fit_image`` (differentiable)."""
+def crop(image: Tensor, box: Box, fitting: Fitting) -> Tensor:
+    """The box's pixels brought to a detector's input by its ``fitting`` (models/fitting.py; differentiable)."""
     _check(image, box)
     region = image[:, box.y0 : box.y1, box.x0 : box.x1]
-    return fit_image(region[None], size, mode)[0]
+    return fitting.apply(region[None])[0]
 
 
 def paste(image: Tensor, box: Box, face: Tensor) -> Tensor:

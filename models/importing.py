@@ -29,17 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from models import checkpoint, registry
 from models.checkpoint import CheckpointMeta
-from models.data.folder import ImageFolderDataset
 from models.detector import FAKE_INDEX, Detector, SigmoidAdapter
 from models.progress import ProgressFn
-from models.training import evaluate
+from models.training import binary_metrics, predict
 
 SOURCE_FORMATS: tuple[str, ...] = ("safetensors", "state-dict", "torchscript", "torch-export")
 PROGRAM_FORMATS: frozenset[str] = frozenset({"torchscript", "torch-export"})
@@ -75,7 +74,6 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "path": str(self.path),
             "file": self.path.name,
             "bytes": self.path.stat().st_size,
             "sha256": self.sha256,
@@ -289,6 +287,9 @@ def import_detector(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     resize: str = "resize",
+    resize_short: int | None = None,
+    interpolation: str = "bilinear",
+    antialias: bool = True,
     allow_code: bool = False,
     program_tolerance: float = 1e-4,
 ) -> Imported:
@@ -308,6 +309,9 @@ def import_detector(
         logits=logits,
         fake_index=fake_index,
         resize=resize,
+        resize_short=resize_short,
+        interpolation=interpolation,
+        antialias=antialias,
     )
     torch.manual_seed(0)  # the head's initial values never reach the result (load_state_dict replaces them)
     detector = checkpoint.build(meta)
@@ -335,22 +339,6 @@ def import_detector(
     return Imported(detector, meta, source, validation)
 
 
-class FittedFolder(Dataset[tuple[Tensor, int]]):
-    """An ImageFolder read at full size, each image brought to the detector's input by its own ``fit``."""
-
-    def __init__(self, root: str | Path, detector: Detector) -> None:
-        self.folder = ImageFolderDataset(root)
-        self.detector = detector
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        x, label = self.folder[index]
-        with torch.no_grad():
-            return self.detector.fit(x[None])[0], label
-
-
 def evaluate_folder(
     detector: Detector,
     root: str | Path,
@@ -358,12 +346,21 @@ def evaluate_folder(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
+    keep_scores: bool = False,
 ) -> dict[str, Any]:
-    """``models.training.evaluate`` on ``root/{fake,real}``, each image fitted as the detector serves it."""
-    data = FittedFolder(root, detector)
-    metrics = evaluate(detector.to(device), data, batch_size=batch_size, device=device, progress=progress)
+    """``models.training.evaluate`` on ``root/{fake,real}``, each image read and fitted as the detector serves it;
+    ``keep_scores`` adds each image's p_fake (``scores``, in ``list_images`` order) for callers that need them."""
+    from models.facecrop import folder_for
+
+    data = folder_for(root, detector)
+    logits, labels = predict(
+        detector.to(device).prefitted(), data, batch_size=batch_size, device=device, progress=progress
+    )
     detector.to("cpu")
-    return {"path": str(root), **metrics}
+    metrics = {**binary_metrics(logits, labels), "loss": float(F.cross_entropy(logits, labels))}
+    if keep_scores:
+        metrics["scores"] = torch.softmax(logits, dim=1)[:, FAKE_INDEX].tolist()
+    return {"path": Path(root).name, **metrics}
 
 
 def write(
@@ -378,16 +375,17 @@ def write(
 ) -> str:
     """Write ``out``.safetensors + ``out``.json; returns the written weights' sha256."""
     meta = imported.meta
-    meta.provenance = {
+    # File names only: the checkpoint travels, and GET /models shows its provenance to every client.
+    meta.provenance = checkpoint.public({
         "imported": True,
         "source": imported.source.describe(),
         "command": command,
         "argv": list(argv),
         "validation": imported.validation,
         **(extra or {}),
-    }
-    meta.metrics = {"eval": metrics} if metrics is not None else {}
+    })  # fmt: skip
+    meta.metrics = checkpoint.public({"eval": metrics} if metrics is not None else {})
     if calibration is not None:  # the operating threshold /detect applies (models/evaluation/calibration.py)
-        meta.metrics["calibration"] = calibration
+        meta.metrics["calibration"] = checkpoint.public(calibration)
     json.dumps(meta.to_json())  # fail here, before any file is written, if something is not JSON
     return checkpoint.save(imported.detector, out, meta)

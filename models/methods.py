@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,6 +25,25 @@ import numpy as np
 
 #: What a parameter holds. ``str`` parameters take one of their ``choices``.
 KINDS: tuple[type, ...] = (bool, int, float, str)
+
+_DECIMAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+DECIMAL_TEXT = re.compile(_DECIMAL)
+#: ``8/255``: how budgets in pixel units are usually written (docs/ATTACKS.md).
+FRACTION_TEXT = re.compile(rf"\s*({_DECIMAL})\s*/\s*({_DECIMAL})\s*")
+
+
+def number_from_text(text: str) -> float:
+    """A float parameter typed by a person (a CLI flag, a form field): a plain decimal literal (``0.03``, ``1e-3``)
+    or a fraction of two (``8/255``). A ValueError says what was expected; bounds are the declaration's to check."""
+    fraction = FRACTION_TEXT.fullmatch(text)
+    if fraction:
+        den = float(fraction.group(2))
+        if den == 0:
+            raise ValueError(f"{text!r} divides by zero")
+        return float(fraction.group(1)) / den
+    if not DECIMAL_TEXT.fullmatch(text.strip()):
+        raise ValueError(f"expected a decimal number such as 0.03 or a fraction such as 8/255, got {text!r}")
+    return float(text)
 
 
 @dataclass(frozen=True)

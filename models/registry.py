@@ -66,6 +66,9 @@ class ArchitectureSpec:
         logits: int = 2,
         fake_index: int = FAKE_INDEX,
         resize: str = "resize",
+        resize_short: int | None = None,
+        interpolation: str = "bilinear",
+        antialias: bool = True,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> Detector:
@@ -78,6 +81,9 @@ class ArchitectureSpec:
             class_names=self.class_names,
             fake_index=fake_index,
             resize=resize,
+            resize_short=resize_short,
+            interpolation=interpolation,
+            antialias=antialias,
         )
 
 

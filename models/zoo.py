@@ -142,3 +142,21 @@ class Zoo:
 
     def __len__(self) -> int:
         return len(self._loaded)
+
+
+def choose_default(names: list[str], configured: str | None) -> tuple[str, str]:
+    """The default detector and a sentence saying why: ``configured`` (DFG_DEFAULT_MODEL) when it is among ``names``,
+    else, when unset, the only or first detector by name. A ValueError, in one line naming the detectors there, when
+    ``configured`` is not among them."""
+    ordered = sorted(names)
+    if configured is not None:
+        if configured in ordered or not ordered:
+            return configured, f"default detector {configured!r} (DFG_DEFAULT_MODEL)"
+        raise ValueError(
+            f"DFG_DEFAULT_MODEL={configured!r} is not among the detectors found: {', '.join(ordered)}; set it to one "
+            "of them, or unset it to use the first"
+        )
+    if not ordered:
+        return "", "no detectors loaded"
+    why = "the only detector" if len(ordered) == 1 else f"the first of {len(ordered)} by name"
+    return ordered[0], f"default detector {ordered[0]!r}: {why} (DFG_DEFAULT_MODEL is unset)"

@@ -113,10 +113,15 @@ def _begin(ctx: context.WorkerContext, job: Job, *, keep_progress: bool = False)
     job.save_meta()
 
 
-def _scores(ctx: context.WorkerContext, before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
+def _scores(
+    ctx: context.WorkerContext, before: torch.Tensor, after: torch.Tensor, threshold: float | None
+) -> dict[str, dict[str, Any]]:
+    """Each detector's verdict on the upload and the delivered file, at its operating threshold (the request's,
+    else its checkpoint's, else 0.5: as /detect judges)."""
     out: dict[str, dict[str, Any]] = {}
     for loaded in ctx.zoo:
         det = loaded.detector
+        cut, source = loaded.meta.operating_point(threshold)
         pb, pa = (
             det.p_fake(before.unsqueeze(0).to(ctx.zoo.device)).item(),
             det.p_fake(after.unsqueeze(0).to(ctx.zoo.device)).item(),
@@ -125,8 +130,10 @@ def _scores(ctx: context.WorkerContext, before: torch.Tensor, after: torch.Tenso
             "sha256": loaded.sha256,
             "p_fake_before": pb,
             "p_fake_after": pa,
-            "label_before": "fake" if pb >= 0.5 else "real",
-            "label_after": "fake" if pa >= 0.5 else "real",
+            "label_before": label_of(pb, cut),
+            "label_after": label_of(pa, cut),
+            "threshold": cut,
+            "threshold_source": source,
         }
     return out
 
@@ -140,7 +147,9 @@ def _fit_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
     return F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def _finish(ctx: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+def _finish(
+    ctx: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor, threshold: float | None
+) -> tuple[bytes, dict[str, Any]]:
     """Resize back to the upload's size, encode the PNG, and score before/after on every detector."""
     h, w = x.shape[-2:]
     purified = purified.float().cpu()
@@ -148,7 +157,7 @@ def _finish(ctx: context.WorkerContext, x: torch.Tensor, purified: torch.Tensor)
         purified = F.interpolate(purified[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
     png = encode_png(purified)
     delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)
-    return png, {"width": w, "height": h, "detectors": _scores(ctx, x, delivered)}
+    return png, {"width": w, "height": h, "detectors": _scores(ctx, x, delivered, threshold)}
 
 
 def _runtime_options(ctx: context.WorkerContext, spec: PurifierSpec) -> dict[str, Any]:
@@ -234,10 +243,10 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         "runtime": out.params.get("runtime"),
     }
     for i, f in enumerate(followers, start=1):
-        png_i, scores_i = _finish(ctx, f.x, out.image[i])
+        png_i, scores_i = _finish(ctx, f.x, out.image[i], PurifyJob.from_json(f.job.kwargs["params"]).threshold)
         result_i = {**common, **scores_i, "iterations": int(out.iterations[i]), "batched_with": job.id}
         dip_batches.publish(ctx, f.job.id, result_i, png_i)
-    png, scores = _finish(ctx, x, out.image[0])
+    png, scores = _finish(ctx, x, out.image[0], spec_job.threshold)
     _store_image(ctx, job.id, png)
     return {**common, **scores, "iterations": int(out.iterations[0]), "batched_with": None}
 
@@ -293,17 +302,23 @@ def _purify_faces(
         "runtime": last.params.get("runtime"),
         "width": int(x.shape[-1]),
         "height": int(x.shape[-2]),
-        "detectors": _face_scores(ctx, x, boxes, delivered, after_boxes),
+        "detectors": _face_scores(ctx, x, boxes, delivered, after_boxes, spec_job.threshold),
     }
 
 
 def _face_scores(
-    ctx: context.WorkerContext, before: torch.Tensor, boxes: list[Box], after: torch.Tensor, after_boxes: list[Box]
+    ctx: context.WorkerContext,
+    before: torch.Tensor,
+    boxes: list[Box],
+    after: torch.Tensor,
+    after_boxes: list[Box],
+    threshold: float | None,
 ) -> dict[str, dict[str, Any]]:
     """Each detector's verdict as /detect crop=faces gives it: the upload on its boxes, the delivered file on the
     faces found on it again (p_fake null and label no_face where none is)."""
     out: dict[str, dict[str, Any]] = {}
     for loaded in ctx.zoo:
+        cut, source = loaded.meta.operating_point(threshold)
         pb = most_fake(score_faces(loaded.detector, before, boxes))
         faces_after = score_faces(loaded.detector, after, after_boxes)
         pa = most_fake(faces_after)
@@ -311,9 +326,11 @@ def _face_scores(
             "sha256": loaded.sha256,
             "p_fake_before": pb,
             "p_fake_after": pa,
-            "label_before": label_of(pb),
-            "label_after": label_of(pa),
-            "faces_after": [v.to_json() for v in faces_after],
+            "label_before": label_of(pb, cut),
+            "label_after": label_of(pa, cut),
+            "threshold": cut,
+            "threshold_source": source,
+            "faces_after": [v.to_json(cut) for v in faces_after],
         }
     return out
 
@@ -353,7 +370,7 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         ctx.zoo, x, method=spec_job.method, target=spec_job.target, source=spec_job.source,
         params=spec_job.params, save_format=spec_job.save_format, defense=spec_job.defense, progress=_reporter(job),
         should_stop=_stop_check(ctx, job), crop=spec_job.crop,
-        faces=[box_from_list(b) for b in spec_job.faces] or None,
+        faces=[box_from_list(b) for b in spec_job.faces] or None, threshold=spec_job.threshold,
     )  # fmt: skip
     budget = spec.steps(spec.resolve(spec_job.params))
     ran = outcome.report.iterations

@@ -19,6 +19,7 @@ from app.errors import InvalidParameter, problem_responses
 from app.faces import faces_of
 from app.forms import STRICT_BOOL, FormField, MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
+from app.routes.detect import ThresholdField
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import AttackResult, JobAccepted
 from app.uploads import form_fields, read_image
@@ -31,7 +32,7 @@ from models.attacks.measure import SAVE_FORMATS, attack_in_zoo, check_adaptive_c
 from models.facecrop import CROP_MODES, box_from_list
 
 #: The form fields POST /attack declares itself; the rest come from the attacks' and purifiers' declarations.
-OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format", "crop", "defense")
+OWN_FIELDS = ("file", "method", "target", "source", "targeted", "save_format", "crop", "defense", "threshold")
 #: A defence's parameters are form fields of their own, named with this prefix (``defense_quality``).
 DEFENSE_PREFIX = "defense_"
 
@@ -108,7 +109,7 @@ def _run_sync(service: DetectionService, x: Tensor, job: AttackJob) -> dict[str,
     outcome = attack_in_zoo(
         service.zoo, x, method=job.method, target=job.target, source=job.source, params=job.params,
         save_format=job.save_format, defense=job.defense, crop=job.crop,
-        faces=[box_from_list(b) for b in job.faces] or None,
+        faces=[box_from_list(b) for b in job.faces] or None, threshold=job.threshold,
     )  # fmt: skip
     # The delivered file itself (PNG, or JPEG for jpeg75): what success was judged on.
     return {**outcome.body, "adversarial": base64.b64encode(outcome.report.encoded).decode()}
@@ -133,6 +134,7 @@ def build_router() -> APIRouter:
         save_format: str,
         crop: str,
         defense: str,
+        threshold: float | None,
         idempotency_key: str | None,
         settings: Settings,
         service: DetectionService,
@@ -158,7 +160,7 @@ def build_router() -> APIRouter:
         src = service.model(source) if source else tgt
         job = AttackJob(
             method=method, target=tgt.name, source=src.name, save_format=save_format, params=given,
-            defense=None if defended is None else defended[0],
+            defense=None if defended is None else defended[0], threshold=threshold,
         )  # fmt: skip
         # Through a cheap purifier each attack step costs a detector pass per EOT sample; an iterative purifier
         # (DIP) costs thousands of steps per pass and is always queued (docs/ATTACKS.md, "Adaptive attacks").
@@ -211,6 +213,7 @@ def build_router() -> APIRouter:
             Annotated[Literal[tuple(defenses)], Form(description=DEFENSE_HELP)],  # type: ignore[misc]
             NO_DEFENSE,
         ),
+        ("threshold", ThresholdField, None),
         ("idempotency_key", IdempotencyKey, None),
         ("settings", Settings, Depends(get_app_settings)),
         ("service", DetectionService, Depends(get_detection)),

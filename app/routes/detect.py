@@ -16,13 +16,23 @@ from app.pixels import PixelGate, declared_pixels
 from app.schemas import DetectionResult, DetectResponse, FaceResult, ModelInfo, ModelRef, ModelsResponse
 from app.uploads import form_fields, read_images
 from core.settings import Settings
-from models.checkpoint import LoadedCheckpoint
+from models.checkpoint import LoadedCheckpoint, public
 from models.facecrop import CROP_MODES, find_faces, label_of, most_fake
 
 router = APIRouter(tags=["detection"])
 
 #: The form fields of POST /detect (anything else is refused: app.uploads.form_fields); ``file`` may repeat.
 DETECT_FIELDS = frozenset({"file", "model", "threshold", "crop"})
+#: The optional ``threshold`` form field of /detect, /attack and /purify: every verdict uses the request's value,
+#: else the checkpoint's fitted one, else 0.5 (``models.detector.operating_threshold``).
+ThresholdField = Annotated[
+    Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None,
+    STRICT_FLOAT,
+    Form(
+        description="The verdict is fake when p_fake >= threshold (default: the detector's fitted operating threshold "
+        "from its checkpoint, else 0.5); the answer says which it used (`threshold`, `threshold_source`)."
+    ),
+]
 CROP_HELP = (
     "`none`: score the whole image (resized inside the detector). `faces`: score each face found (docs/FACES.md) on "
     "its crop; the image's p_fake and label are its most fake face's, `no_face` (p_fake null) without a face."
@@ -39,11 +49,7 @@ CROP_HELP = (
 async def detect(
     file: Annotated[list[UploadFile], File(min_length=1, description="One or more images (repeat the field).")],
     model: Annotated[str | None, Form(description="Detector name (GET /models); default from settings.")] = None,
-    threshold: Annotated[
-        Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None,
-        STRICT_FLOAT,
-        Form(description="label is fake when p_fake >= threshold (default: the checkpoint's fitted one, else 0.5)."),
-    ] = None,
+    threshold: ThresholdField = None,
     crop: Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)] = "none",  # type: ignore[valid-type]
     settings: Settings = Depends(get_app_settings),
     service: DetectionService = Depends(get_detection),
@@ -53,9 +59,7 @@ async def detect(
     if len(file) > settings.max_files:
         raise InvalidParameter(f"{len(file)} files sent; at most {settings.max_files} per request")
     loaded = service.model(model)
-    fitted = loaded.meta.threshold
-    source = "request" if threshold is not None else "checkpoint" if fitted is not None else "default"
-    threshold = threshold if threshold is not None else fitted if fitted is not None else 0.5
+    threshold, source = loaded.meta.operating_point(threshold)
     async with gate.hold(await declared_pixels(file)):  # until the full-size images are scored and dropped
         images = await read_images(file, settings)
         if crop == "faces":
@@ -108,24 +112,31 @@ async def _score_faces(
     responses=problem_responses(503),
 )
 def list_models(service: DetectionService = Depends(get_detection)) -> ModelsResponse:
-    return ModelsResponse(
-        default=service.default_model,
-        models=[
-            ModelInfo(
-                name=c.name,
-                architecture=c.meta.architecture,
-                input_size=c.meta.input_size,
-                class_names=c.meta.class_names,
-                fake_index=c.meta.fake_index,
-                logits=c.meta.logits,
-                resize=c.meta.resize,  # type: ignore[arg-type]
-                mean=c.meta.mean,
-                std=c.meta.std,
-                sha256=c.sha256,
-                default=c.name == service.default_model,
-                metrics=c.meta.metrics,
-                provenance=c.meta.provenance,
-            )
-            for c in service.zoo
-        ],
+    return ModelsResponse(default=service.default_model, models=[_model_info(c, service) for c in service.zoo])
+
+
+def _model_info(c: LoadedCheckpoint, service: DetectionService) -> ModelInfo:
+    threshold, source = c.meta.operating_point()
+    calibration = c.meta.metrics.get("calibration") if source == "checkpoint" else None
+    return ModelInfo(
+        name=c.name,
+        architecture=c.meta.architecture,
+        input_size=c.meta.input_size,
+        class_names=c.meta.class_names,
+        fake_index=c.meta.fake_index,
+        logits=c.meta.logits,
+        resize=c.meta.resize,  # type: ignore[arg-type]
+        resize_short=c.meta.resize_short,
+        interpolation=c.meta.interpolation,  # type: ignore[arg-type]
+        antialias=c.meta.antialias,
+        mean=c.meta.mean,
+        std=c.meta.std,
+        sha256=c.sha256,
+        default=c.name == service.default_model,
+        threshold=threshold,
+        threshold_source=source,  # type: ignore[arg-type]
+        calibration=public(calibration) if isinstance(calibration, dict) else None,
+        demo_data=c.meta.demo_data,
+        metrics=public(c.meta.metrics),
+        provenance=public(c.meta.provenance),
     )

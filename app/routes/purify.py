@@ -13,6 +13,7 @@ from app.errors import InvalidParameter, problem_responses
 from app.faces import faces_of
 from app.forms import MethodForm, method_form, set_signature
 from app.pixels import PixelGate, declared_pixels
+from app.routes.detect import ThresholdField
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import JobAccepted
 from app.uploads import form_fields, read_image
@@ -22,7 +23,7 @@ from models import purify as purifiers
 from models.facecrop import CROP_MODES
 
 #: The form fields POST /purify declares itself; the rest come from the purifiers' declarations.
-OWN_FIELDS = ("file", "method", "crop")
+OWN_FIELDS = ("file", "method", "crop", "threshold")
 CROP_HELP = (
     "`faces`: purify each face found (docs/FACES.md) and paste it back into the photo, whose other pixels stay as "
     "they were; the result says which boxes. An image without a face is a 422."
@@ -50,6 +51,7 @@ def build_router() -> APIRouter:
         file: UploadFile,
         method: str,
         crop: str,
+        threshold: float | None,
         idempotency_key: str | None,
         settings: Settings,
         conn: Redis,
@@ -71,7 +73,7 @@ def build_router() -> APIRouter:
                 check_working_size(height, width, max_side=settings.purify_max_side, min_side=settings.dip_min_side)
             except ValueError as exc:
                 raise InvalidParameter(str(exc)) from exc
-        job = PurifyJob(method=method, params=params, crop=crop, faces=faces)
+        job = PurifyJob(method=method, params=params, crop=crop, faces=faces, threshold=threshold)
         return await queue_job(
             response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),
             idempotency_key=idempotency_key,
@@ -83,6 +85,7 @@ def build_router() -> APIRouter:
         ("file", Annotated[UploadFile, File(description="The image to purify.")], inspect.Parameter.empty),
         ("method", Annotated[Literal[tuple(names)], Form(description=help_text + ".")], names[0]),  # type: ignore[misc]
         ("crop", Annotated[Literal[CROP_MODES], Form(description=CROP_HELP)], "none"),  # type: ignore[valid-type]
+        ("threshold", ThresholdField, None),
         ("idempotency_key", IdempotencyKey, None),
         ("settings", Settings, Depends(get_app_settings)),
         ("conn", Redis, Depends(get_redis)),

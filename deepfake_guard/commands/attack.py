@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deepfake_guard.commands.argtypes import parse_threshold, positive_int
 from deepfake_guard.commands.methods import add_defense_arguments, add_method_arguments, given_defense, given_params
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -48,7 +49,11 @@ def add_parser(subparsers: Any) -> None:
         default=DEMO_CHECKPOINTS,
         help="folder holding the checkpoints (default: the demo detectors shipped with the package)",
     )
-    p.add_argument("--batch", type=int, default=8, help="images attacked together (same size only)")
+    p.add_argument("--batch", type=positive_int, default=8, help="images attacked together (same size only)")
+    p.add_argument(
+        "--threshold", type=parse_threshold, default=None,
+        help="the target's operating threshold on p_fake (default: its checkpoint's fitted one, else 0.5, as /detect)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seeds the PGD and CW random starts")
     p.add_argument("--perturbation", action="store_true", help="also write amplified perturbation pictures")
@@ -85,14 +90,18 @@ def run(args: argparse.Namespace) -> int:
             params["targeted"] = True
         spec.resolve(params)  # fail before loading anything
         defense = resolve_defense(given_defense(args))
-        target = checkpoint.load(args.checkpoints / args.target, map_location=device).detector
-        source = checkpoint.load(args.checkpoints / args.source, map_location=device).detector if args.source else None
+        target_ck = checkpoint.load(args.checkpoints / args.target, map_location=device)
+        source_ck = checkpoint.load(args.checkpoints / args.source, map_location=device) if args.source else None
     except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"error: {exc}")
         return 2
     if not files:
         print(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {args.path}")
         return 2
+    target, source = target_ck.detector, None if source_ck is None else source_ck.detector
+    # The verdicts /detect would give: the target's threshold (--threshold, else its checkpoint's, else 0.5).
+    threshold, _ = target_ck.meta.operating_point(args.threshold)
+    source_threshold = None if source_ck is None else source_ck.meta.operating_point()[0]
     root = args.path if args.path.is_dir() else args.path.parent
     suffix = ".png" if args.save_format == "png" else ".jpg"
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -109,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         y = None if label is None else torch.full((len(x),), label, dtype=torch.long, device=device)
         reports = attack_and_measure(
             args.method, target, x, source=source, params=params, save_format=args.save_format, y=y,
-            defense=defense, progress=on_progress, generator=generator,
+            defense=defense, progress=on_progress, generator=generator, threshold=threshold,
+            source_threshold=source_threshold,
         )  # fmt: skip
         for file, x_i, report in zip(batch_files, x, reports, strict=True):
             out = (args.output / file.relative_to(root)).with_suffix(suffix)
@@ -118,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             if args.perturbation:
                 save_png(perturbation_picture(x_i.cpu(), report.adv), out.with_name(f"{out.stem}.perturbation.png"))
             rows.append({"file": str(file.relative_to(root)), "target": args.target, "source": args.source or "",
-                         **report.metrics(), **_defense_columns(report.defense)})  # fmt: skip
+                         "threshold": threshold, **report.metrics(), **_defense_columns(report.defense)})  # fmt: skip
         bar.update(len(batch_files))
     bar.close()
     skipped = len(files) - len(rows)

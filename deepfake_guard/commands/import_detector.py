@@ -38,10 +38,25 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="default: the architecture's own")
     p.add_argument(
         "--resize",
-        choices=("resize", "center-crop"),
+        choices=("resize", "center-crop", "short-side-crop"),
         default="resize",
-        help="how an image reaches the input size: resize the whole image (default) or scale and cut the centre",
+        help="how an image reaches the input size: resize the whole image (default), scale and cut the centre, or "
+        "short-side-crop: torchvision/timm's eval transform, Resize(--resize-short) then CenterCrop(input size)",
     )
+    short = p.add_mutually_exclusive_group()
+    short.add_argument(
+        "--resize-short", type=int, metavar="S", help="short-side-crop: the shorter side before the crop (e.g. 256)"
+    )
+    short.add_argument(
+        "--crop-pct", type=float, metavar="P", help="short-side-crop as timm writes it: S = input size / P (0.875)"
+    )
+    p.add_argument(
+        "--interpolation", choices=("bilinear", "bicubic"), default="bilinear", help="resampling (default bilinear)"
+    )
+    p.add_argument(
+        "--no-antialias", dest="antialias", action="store_false", help="resample without antialiasing (torchvision "
+        "before 0.17, timm's PIL-free paths); the default antialiases, as torchvision's Resize does now",
+    )  # fmt: skip
     p.add_argument("--eval", metavar="IMAGEFOLDER", help="folder with fake/ and real/: metrics go into the JSON")
     p.add_argument(
         "--allow-code",
@@ -71,6 +86,11 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _fitting_text(meta: Any) -> str:
+    short = f" {meta.resize_short}" if meta.resize_short else ""
+    return f"{meta.resize}{short}, {meta.interpolation}{'' if meta.antialias else ', no antialias'}"
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -96,7 +116,19 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--eval {args.eval!r} is not a folder")
     if args.batch_size < 1:
         return _error(f"--batch-size must be >= 1, got {args.batch_size}")
+    resize_short = args.resize_short
+    if args.crop_pct is not None or resize_short is not None:
+        if args.resize != "short-side-crop":
+            return _error("--resize-short and --crop-pct apply to --resize short-side-crop")
+    elif args.resize == "short-side-crop":
+        return _error("--resize short-side-crop needs --resize-short S or --crop-pct P")
     try:
+        if args.crop_pct is not None:
+            from models import registry
+            from models.fitting import short_side_for_crop_pct
+
+            size = tuple(args.input_size) if args.input_size else registry.get(args.arch).input_size
+            resize_short = short_side_for_crop_pct(size, args.crop_pct)
         imported = import_detector(
             args.src,
             architecture=args.arch,
@@ -106,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
             mean=args.mean,
             std=args.std,
             resize=args.resize,
+            resize_short=resize_short,
+            interpolation=args.interpolation,
+            antialias=args.antialias,
             allow_code=args.allow_code,
         )
     except (DetectorImportError, ValueError) as exc:
@@ -115,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         f"{source.path.name} ({source.format}, sha256 {source.sha256[:12]}"
         f"{', unwrapped ' + ' '.join(source.unwrapped) if source.unwrapped else ''}) -> {meta.architecture}, "
         f"{meta.logits} logit(s), fake at {meta.fake_index}, {meta.input_size[0]}x{meta.input_size[1]} "
-        f"({meta.resize}); probe input gradient norm {imported.validation['input_grad_norm']:.3g}"
+        f"({_fitting_text(meta)}); probe input gradient norm {imported.validation['input_grad_norm']:.3g}"
     )
 
     metrics = None

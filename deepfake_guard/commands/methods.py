@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from deepfake_guard.commands.argtypes import float_text
 from models.methods import Method, Param
 
 
@@ -52,7 +53,7 @@ def _add_flags(group: Any, methods: Sequence[Method], *, skip: frozenset[str], p
             seen.setdefault(p.field, []).append(m.name)
             declared.setdefault(p.field, p)
     for field, p in declared.items():
-        kind: Any = _bool if p.kind is bool else p.kind
+        kind: Any = _bool if p.kind is bool else float_text if p.kind is float else p.kind
         choices = sorted({c for m in methods for q in m.request_params if q.field == field for c in q.choices or ()})
         group.add_argument(
             _flag(prefix + field), dest=f"{dest}{field}", type=kind, choices=choices or None, default=None,
@@ -78,7 +79,8 @@ def add_defense_arguments(parser: argparse.ArgumentParser) -> None:
         help="attack purify -> detect (BPDA, EOT) and judge through resubmitted purifier runs",
     )  # fmt: skip
     for p in ADAPTIVE_PARAMS:
-        group.add_argument(_flag(p.name), dest=f"adaptive_{p.name}", type=p.kind, default=None, help=p.description)
+        kind = float_text if p.kind is float else p.kind
+        group.add_argument(_flag(p.name), dest=f"adaptive_{p.name}", type=kind, default=None, help=p.description)
     _add_flags(group, methods, skip=frozenset(), prefix=DEFENSE_PREFIX, dest="defense_param_")
 
 

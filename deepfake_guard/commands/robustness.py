@@ -14,21 +14,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from deepfake_guard.commands.argtypes import parse_eps, parse_threshold, positive_int
 from deepfake_guard.commands.methods import add_defense_arguments, given_defense
 
 #: Where the record's JSON schema lives (tests validate every output against it).
 SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "robustness.schema.json"
-
-
-def parse_eps(text: str) -> float:
-    """``8/255`` or ``0.03``: a finite number in (0, 1]."""
-    try:
-        value = float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"eps must be in (0, 1] pixel units, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,11 +31,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf budget, e.g. 8/255 (default)")
     p.add_argument("--norm", choices=("linf",), default="linf", help="threat model (the suite is L-inf)")
     p.add_argument("--budget", choices=("standard", "quick"), default="standard", help="attack budgets")
-    p.add_argument("-n", "--n-images", type=int, default=100, help="images, alternating fake and real (default 100)")
+    p.add_argument(
+        "-n", "--n-images", type=positive_int, default=100, help="images, alternating fake and real (default 100)"
+    )
     p.add_argument("-o", "--out", type=Path, default=Path("robustness.json"), help="the JSON record to write")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seeds the attacks' random draws")
-    p.add_argument("--batch", type=int, default=32, help="images attacked together")
+    p.add_argument("--batch", type=positive_int, default=32, help="images attacked together")
+    p.add_argument(
+        "--threshold", type=parse_threshold, default=None,
+        help="operating threshold on p_fake (default: the checkpoint's fitted one, else 0.5, as /detect decides)",
+    )  # fmt: skip
     add_defense_arguments(p)
 
 
@@ -66,14 +62,12 @@ def run(args: argparse.Namespace) -> int:
 
     from models import checkpoint
     from models.attacks.adaptive import resolve_defense
-    from models.data.folder import list_images, read_image
+    from models.data.folder import list_images, read_fitted
     from models.detector import CLASS_NAMES
     from models.devices import resolve_device
     from models.evaluation.robustness import BUDGETS, SUITE, run_suite
 
     try:
-        if args.n_images < 1:
-            raise ValueError(f"--n-images must be at least 1, got {args.n_images}")
         defense = resolve_defense(given_defense(args))
         device = resolve_device(args.device)
         loaded = checkpoint.load(args.checkpoint, map_location=device)
@@ -85,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if not chosen:
         print(f"error: no images under {args.data}")
         return 2
-    size = (int(loaded.meta.input_size[0]), int(loaded.meta.input_size[1]))
+    threshold, threshold_source = loaded.meta.operating_point(args.threshold)
     detector = loaded.detector.to(device).eval()
+    # Each file read as an upload is and fitted as /detect fits it; the suite attacks the fitted input (as
+    # RobustBench attacks a model's input), scored through the view that does not fit it again.
+    fitted_view = detector.prefitted()
     budget = BUDGETS[args.budget]
     per_image: list[dict[str, Any]] = []
     correct = robust = passes = 0
@@ -94,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(chosen) * len(SUITE), desc="robustness", unit="img-attack", dynamic_ncols=True)
     for start in range(0, len(chosen), args.batch):
         part = chosen[start : start + args.batch]
-        x = torch.stack([read_image(path, size) for path, _ in part]).to(device)
+        try:
+            x = torch.stack([read_fitted(path, detector.fitting) for path, _ in part]).to(device)
+        except ValueError as exc:  # an unreadable file, a strip the fitting refuses: named, never a traceback
+            bar.close()
+            print(f"error: {exc}")
+            return 2
         y = torch.tensor([label for _, label in part], dtype=torch.long, device=device)
 
         def on_attack(name: str, images: int, count: int = len(part)) -> None:
@@ -102,26 +104,27 @@ def run(args: argparse.Namespace) -> int:
             bar.update(count)
 
         result = run_suite(
-            detector, x, y, eps=args.eps, budget=budget, defense=defense, seed=args.seed + start, on_attack=on_attack
-        )
+            fitted_view, x, y, eps=args.eps, budget=budget, defense=defense, seed=args.seed + start,
+            on_attack=on_attack, threshold=threshold,
+        )  # fmt: skip
         used = result.params
         passes += result.forward_passes
-        for (path, label), ok, rob, attacks in zip(
-            part, result.clean_correct, result.robust, result.attacks, strict=True
+        for (path, label), p_fake, ok, rob, attacks in zip(
+            part, result.clean_p_fake, result.clean_correct, result.robust, result.attacks, strict=True
         ):
             correct += ok
             robust += rob
             fooled_by = next((name for name, hit in attacks.items() if hit), None)
             per_image.append(
-                {"file": str(path.relative_to(args.data)), "label": CLASS_NAMES[label], "clean_correct": ok,
-                 "robust": rob, "fooled_by": fooled_by, "attacks": attacks}
+                {"file": str(path.relative_to(args.data)), "label": CLASS_NAMES[label], "p_fake": p_fake,
+                 "clean_correct": ok, "robust": rob, "fooled_by": fooled_by, "attacks": attacks}
             )  # fmt: skip
     bar.close()
     n = len(per_image)
     record = {
         "name": args.checkpoint.name,
         "architecture": loaded.meta.architecture,
-        "dataset": str(args.data),
+        "dataset": args.data.name or str(args.data),
         "threat_model": "Linf",
         "norm": args.norm,
         "eps": args.eps,
@@ -132,9 +135,11 @@ def run(args: argparse.Namespace) -> int:
         "autoattack_acc": 100.0 * robust / n,
         "number_forward_passes": 1,
         "attack_forward_passes": passes,
+        "threshold": threshold,
+        "threshold_source": threshold_source,
         "preprocessing": {
-            "input_size": list(size),
-            "resize": loaded.meta.resize,
+            **detector.fitting.describe(),
+            "reader": "as an upload is read (EXIF orientation applied; 16-bit, CMYK, palette and grey to RGB)",
             "normalisation": "mean/std inside the detector",
             "delivery": "8-bit PNG: every adversarial image is rounded to 8 bits before it is judged",
             "defense": None if defense is None else defense.describe(),

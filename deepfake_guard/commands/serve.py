@@ -4,6 +4,7 @@ import argparse
 import logging
 import signal
 from types import FrameType
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,6 +22,22 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _check_detectors(settings: Any) -> str | None:
+    """What keeps the API from starting with these detectors (a missing folder, a DFG_DEFAULT_MODEL that is not
+    there), read from the file names alone; None when nothing does."""
+    from models.checkpoint import discover
+    from models.zoo import choose_default
+
+    folder = settings.checkpoints_dir
+    if not folder.is_dir():
+        return f"DFG_CHECKPOINTS_DIR={str(folder)!r} does not exist (or is not a folder)"
+    try:
+        choose_default([p.stem for p in discover(folder)], settings.default_model)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -36,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     }
     settings = settings.model_copy(update=overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = _check_detectors(settings)
+    if problem:  # one line before anything starts, not a traceback from the API's start-up
+        print(f"error: {problem}")
+        return 2
     redis: EmbeddedRedis | None = None
     supervisor: WorkerSupervisor | None = None
     if settings.redis_url is None:

@@ -174,6 +174,9 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
         raw = manifest.read_bytes()
         manifest_json = json.loads(raw)
         manifest_info = {
+            # Only make-demo-data writes a manifest with this name (models/data/demo.py): GET /models then warns
+            # that verdicts on real photos mean nothing (docs/DATA.md).
+            "demo": manifest_json.get("name") == "deepfake-guard demo dataset",
             "manifest_sha256": hashlib.sha256(raw).hexdigest(),
             "content_sha256": manifest_json.get("content_sha256"),
             "split_sha256": manifest_json.get("split_sha256"),

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.attacks.measure import AttackReport, _labels, _p_fake, deliver, resolve_attack
-from models.detector import CLASS_NAMES, Detector
+from models.attacks.measure import AttackReport, _p_fake, deliver, resolve_attack
+from models.detector import CLASS_NAMES, DEFAULT_THRESHOLD, Detector, at_threshold, verdict
 from models.facecrop import NO_FACE, FaceCrops, FaceVerdict, find_faces, label_of, merge_faces, most_fake, score_faces
 from models.faces import Box
 from models.images import psnr
@@ -49,12 +49,15 @@ def attack_faces(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     find: Callable[[Tensor], list[Box]] = find_faces,
+    threshold: float = DEFAULT_THRESHOLD,
+    source_threshold: float | None = None,
 ) -> FaceAttack:
     """Attack the faces ``boxes`` of one photo ``x`` (3 x H x W, [0, 1], on the detectors' device).
 
     Success needs a face on the delivered file: untargeted, its verdict differs from the clean photo's;
     targeted, it is the other class. A file on which no face is found any more is not a success: the service
-    answers ``no_face`` for it, not ``real``."""
+    answers ``no_face`` for it, not ``real``. Verdicts are at ``threshold`` (the source's at ``source_threshold``,
+    default the same), as in ``models.attacks.measure.attack_and_measure``."""
     spec, kwargs, targeted = resolve_attack(method, params, save_format)
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"expected one image 3 x H x W, got shape {tuple(x.shape)}")
@@ -65,14 +68,16 @@ def attack_faces(
 
     faces_before = _p_fake(tgt, copies)
     p_before = faces_before.max()
-    label_before = int(_labels(p_before[None])[0])
+    src_threshold = threshold if source_threshold is None else source_threshold
+    label_before = int(verdict(p_before[None], threshold)[0])
     src_before = _p_fake(src, copies).max() if src is not None else None
-    craft_from = label_before if src_before is None else int(_labels(src_before[None])[0])
+    craft_from = label_before if src_before is None else int(verdict(src_before[None], src_threshold)[0])
     goal = 1 - label_before if targeted else craft_from
     y = torch.full((len(boxes),), goal, dtype=torch.long, device=x.device)
 
     check_stop(should_stop, 0)
-    crafted = spec.run(src or tgt, copies, y, kwargs, progress=progress, should_stop=should_stop)
+    crafter = at_threshold(tgt, threshold) if src is None else at_threshold(src, src_threshold)
+    crafted = spec.run(crafter, copies, y, kwargs, progress=progress, should_stop=should_stop)
     adv = merge_faces(x, crafted.adv.detach(), boxes)
     delivered, blobs = deliver(adv[None], save_format)
     file = delivered[0].to(x.device)
@@ -81,7 +86,7 @@ def attack_faces(
     after = score_faces(target, file, after_boxes)
     p_after = most_fake(after)
     src_after = most_fake(score_faces(source, file, after_boxes)) if source is not None else None
-    label_after = label_of(p_after)
+    label_after = label_of(p_after, threshold)
     before_name = CLASS_NAMES[label_before]
     if label_after == NO_FACE:
         success = False

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from models.attacks import registry
 from models.attacks._common import eval_mode
 from models.attacks.adaptive import Defended, Defense, judge, resolve_defense
-from models.detector import CLASS_NAMES, FAKE_INDEX
+from models.detector import CLASS_NAMES, DEFAULT_THRESHOLD, FAKE_INDEX, at_threshold, verdict
 from models.facecrop import NoFace, check_crop, find_faces
 from models.faces import Box
 from models.images import decode_image, encode_jpeg, encode_png, psnr, quantize_8bit
@@ -93,11 +93,6 @@ def _p_fake(model: nn.Module, x: Tensor) -> Tensor:
         return torch.softmax(model(x).float(), dim=1)[:, FAKE_INDEX]
 
 
-def _labels(p_fake: Tensor) -> Tensor:
-    """Class index per image; p_fake >= 0.5 is ``fake`` (argmax with ties to index 0)."""
-    return torch.where(p_fake >= 0.5, FAKE_INDEX, 1 - FAKE_INDEX)
-
-
 def resolve_attack(
     method: str, params: Mapping[str, Any], save_format: str
 ) -> tuple[registry.AttackSpec, dict[str, Any], bool]:
@@ -123,8 +118,15 @@ def attack_and_measure(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     generator: torch.Generator | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    source_threshold: float | None = None,
 ) -> list[AttackReport]:
     """Craft on ``source`` (default: ``target``), deliver as ``save_format``, judge on ``target``.
+
+    Every verdict is ``p_fake >= threshold`` (the target's operating threshold, as /detect applies it;
+    ``source_threshold`` for the source's own verdicts, default the same), and the attack is crafted on the detector
+    seen at that threshold (``models.detector.AtThreshold``), so its margins and early stops aim at the verdict
+    that is judged. Success means that verdict changed (or, targeted, reached its goal).
 
     With a ``defense`` the attack is adaptive: it is crafted on ``purify -> source`` (``adaptive.Defended``: BPDA
     and EOT), and judged as the defender sees the delivered file, through ``defense.resubmissions`` real purifier
@@ -148,14 +150,19 @@ def attack_and_measure(
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images N x 3 x H x W, got shape {tuple(x.shape)}")
     x = x.detach()
-    crafter = target if source is None else source
+    src_threshold = threshold if source_threshold is None else source_threshold
+    crafter = at_threshold(target, threshold) if source is None else at_threshold(source, src_threshold)
 
     p_before = _p_fake(target, x)
-    label_before = _labels(p_before)
+    label_before = verdict(p_before, threshold)
     src_before = _p_fake(source, x) if source is not None else None
     if y is None and targeted:
         y = 1 - label_before  # the other class of the target's clean verdict (FAKE_INDEX 0, real 1)
-    y_craft = y.to(x.device) if y is not None else _labels(p_before if src_before is None else src_before)
+    y_craft = (
+        y.to(x.device)
+        if y is not None
+        else (label_before if src_before is None else verdict(src_before, src_threshold))
+    )
 
     check_stop(should_stop, 0)
     attacked: nn.Module = crafter if defense is None else Defended(crafter, defense, should_stop=should_stop)
@@ -165,7 +172,7 @@ def attack_and_measure(
     delivered, blobs = deliver(crafted.adv, save_format)
     on_device = delivered.to(x.device)
     p_after = _p_fake(target, on_device)
-    label_after = _labels(p_after)
+    label_after = verdict(p_after, threshold)
     src_after = _p_fake(source, on_device) if source is not None else None
     reference = label_before if y is None else y.to(x.device)
 
@@ -176,7 +183,7 @@ def attack_and_measure(
     outcomes: list[dict[str, Any] | None] = [None] * len(x)
     if defense is not None:
         judged = judge(target, on_device, defense, fake_index=FAKE_INDEX, should_stop=should_stop)
-        runs = torch.stack([fooled(_labels(p)) for p in judged.p_fake])  # R x N
+        runs = torch.stack([fooled(verdict(p, threshold)) for p in judged.p_fake])  # R x N
         success = runs.any(dim=0)
         described = defense.describe()
         outcomes = [
@@ -255,15 +262,21 @@ def attack_in_zoo(
     should_stop: StopFn | None = None,
     crop: str = "none",
     faces: Sequence[Box] | None = None,
+    threshold: float | None = None,
 ) -> AttackOutcome:
     """Attack one image (3 x H x W, [0, 1]) on the zoo's ``target``, crafted on ``source`` (a black-box transfer
     when it names another detector), delivered as ``save_format``; ``defense`` (``adaptive.resolve_defense``'s
     input) makes it adaptive. The one code path of the API's synchronous attacks and the workers' queued ones.
 
     ``crop="faces"`` attacks the photo's faces through their crops (``models.attacks.face_attack``): ``faces`` are
-    the upload's boxes when the caller has found them already (found here otherwise); none is a ``NoFace``."""
+    the upload's boxes when the caller has found them already (found here otherwise); none is a ``NoFace``.
+
+    ``threshold``: the request's operating threshold for the target's verdicts (None: the target checkpoint's
+    fitted one, else 0.5, as /detect decides); the source judges by its own checkpoint's."""
     tgt = zoo.get(target)
     src = zoo.get(source) if source and source != target else None
+    cut, cut_source = tgt.meta.operating_point(threshold)
+    src_cut = src.meta.operating_point()[0] if src is not None else None
     defended = resolve_defense(defense)
     check_adaptive_crop(crop, defended is not None)
     face_body: dict[str, Any] = {"faces_before": None, "faces": None}  # the answer's fields whatever the crop
@@ -276,16 +289,21 @@ def attack_in_zoo(
             raise NoFace("crop=faces: no face was found in the image")
         done = attack_faces(
             method, tgt.detector, on_device, boxes, source=src.detector if src else None, params=params,
-            save_format=save_format, progress=progress, should_stop=should_stop,
+            save_format=save_format, progress=progress, should_stop=should_stop, threshold=cut,
+            source_threshold=src_cut,
         )  # fmt: skip
         report = done.report
-        face_body = {"faces_before": [v.to_json() for v in done.before], "faces": [v.to_json() for v in done.after]}
+        face_body = {
+            "faces_before": [v.to_json(cut) for v in done.before],
+            "faces": [v.to_json(cut) for v in done.after],
+        }
     else:
         report = attack_and_measure(
             method, tgt.detector, x.unsqueeze(0).to(zoo.device), source=src.detector if src else None,
             params=params, save_format=save_format, defense=defended, progress=progress, should_stop=should_stop,
+            threshold=cut, source_threshold=src_cut,
         )[0]  # fmt: skip
-    body = {**report.metrics(), "crop": crop, **face_body}
+    body = {**report.metrics(), "crop": crop, **face_body, "threshold": cut, "threshold_source": cut_source}
     body["target"] = {"name": tgt.name, "sha256": tgt.sha256}
     body["source"] = {"name": (src or tgt).name, "sha256": (src or tgt).sha256}
     body["adversarial_media_type"] = MEDIA_TYPES[save_format]

@@ -1,8 +1,9 @@
 """ImageFolder reading: ``ROOT/fake/*`` and ``ROOT/real/*`` to [0, 1] tensors, labels fake=0, real=1.
 
 The same layout and class order as torchvision's ``ImageFolder`` (classes sorted by name, as in the paper),
-without its download machinery. Images are resized with the exact resampling the ``Detector`` applies at
-inference (bilinear, antialiased), so a model sees the same pixels in training and in service.
+without its download machinery. Files are read by the service's own reader (``models.images.load_image_file``:
+EXIF orientation, 16-bit, CMYK, palette and grey images as an upload is read) and fitted by the detector's own
+``Fitting`` (models/fitting.py), so a model sees the same pixels in training, in every evaluation and in service.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from models.detector import CLASS_NAMES
+from models.fitting import Fitting
+from models.images import load_image_file
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -42,23 +42,27 @@ def list_images(root: str | Path, class_names: Sequence[str] = CLASS_NAMES) -> l
     return items
 
 
-def read_image(path: str | Path, size: tuple[int, int] | None = None) -> Tensor:
-    """One image as 3 x H x W float32 in [0, 1] (RGB), resized to ``size`` (H, W) if given."""
-    with Image.open(path) as im:
-        pixels = np.array(im.convert("RGB"), dtype=np.uint8)
-    x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
-        x = x.clamp(0, 1)
-    return x
+def read_image(path: str | Path) -> Tensor:
+    """One image file as 3 x H x W float32 in [0, 1], at its own size, read as the API reads an upload."""
+    return load_image_file(path)
+
+
+def read_fitted(path: str | Path, fitting: Fitting | None) -> Tensor:
+    """``read_image`` brought to a detector's input by its ``fitting`` (its own size when None)."""
+    x = read_image(path)
+    if fitting is None:
+        return x
+    with torch.no_grad():
+        return fitting.apply(x[None])[0]
 
 
 class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
-    """Lazily decoded ImageFolder; ``(image 3 x H x W in [0, 1], label)`` items."""
+    """Lazily decoded ImageFolder; ``(image 3 x H x W in [0, 1], label)`` items, each fitted by ``fitting`` (a
+    detector's: ``Detector.fitting``) or at its own size."""
 
-    def __init__(self, root: str | Path, *, image_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, root: str | Path, *, fitting: Fitting | None = None) -> None:
         self.root = Path(root)
-        self.image_size = image_size
+        self.fitting = fitting
         self.items = list_images(self.root)
         if not self.items:
             raise ValueError(f"{self.root} holds no images ({sorted(IMAGE_EXTENSIONS)})")
@@ -68,7 +72,7 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.items[index]
-        return read_image(path, self.image_size), label
+        return read_fitted(path, self.fitting), label
 
     @property
     def labels(self) -> Tensor:
@@ -88,8 +92,13 @@ class TensorFolder:
     paths: list[Path]
 
 
-def load_image_folder(root: str | Path, *, image_size: tuple[int, int]) -> TensorFolder:
-    """Read every image of an ImageFolder into one tensor (for small sets such as the demo's 64 x 64 splits)."""
-    ds = ImageFolderDataset(root, image_size=image_size)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+def load_image_folder(root: str | Path, *, fitting: Fitting | None) -> TensorFolder:
+    """Read every image of an ImageFolder into one tensor, fitted to a detector's input (for small sets such as the
+    demo's 64 x 64 splits); ``fitting=None`` keeps each image's own size, which must then be the same for all."""
+    ds = ImageFolderDataset(root, fitting=fitting)
+    read = [ds[i][0] for i in range(len(ds))]
+    sizes = sorted({tuple(x.shape[-2:]) for x in read})
+    if len(sizes) > 1:
+        raise ValueError(f"{root} holds images of {len(sizes)} sizes ({sizes[:3]}...): they need a fitting")
+    images = torch.stack(read)
     return TensorFolder(images=images, labels=ds.labels, paths=[p for p, _ in ds.items])

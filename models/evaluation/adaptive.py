@@ -152,14 +152,18 @@ def step_costs(detector: nn.Module, x: Tensor, *, iterations: int, bpda_iteratio
 def suite_rows(
     members: Sequence[Any], x: Tensor, y: Tensor, *, eps: float, budget: str, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
-    """The standard suite (APGD-CE + FAB + Square, worst case per image, cascade) on the bare detectors."""
+    """The standard suite (APGD-CE + FAB + Square, worst case per image, cascade) on the bare detectors, each judged at
+    its operating threshold (``Member.threshold``: its checkpoint's, else 0.5); ``x`` is in a space every detector
+    fits itself (``models.evaluation.run``)."""
     out: dict[str, dict[str, Any]] = {}
     for m in members:
         t = time.perf_counter()
-        result = run_suite(m.detector, x, y, eps=eps, budget=BUDGETS[budget], seed=seed)
+        threshold = float(getattr(m, "threshold", 0.5))
+        result = run_suite(m.detector, x, y, eps=eps, budget=BUDGETS[budget], seed=seed, threshold=threshold)
         n = len(result.robust)
         out[m.name] = {
             "n": n,
+            "threshold": threshold,
             "eps": eps,
             "budget": budget,
             "clean_accuracy": sum(result.clean_correct) / n,

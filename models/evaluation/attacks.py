@@ -21,7 +21,7 @@ from torch import Tensor
 
 from models.attacks import registry
 from models.attacks.measure import deliver
-from models.detector import FAKE_INDEX, REAL_INDEX
+from models.detector import FAKE_INDEX, REAL_INDEX, at_threshold
 from models.evaluation.clean import Member, bb_source, p_fake_of
 from models.evaluation.config import EvalConfig
 from models.images import psnr
@@ -55,7 +55,7 @@ def craft(
     started = time.perf_counter()
     for i in range(0, x.shape[0], config.batch_size):
         xb, yb = x[i : i + config.batch_size].to(device), y[i : i + config.batch_size].to(device)
-        adv = spec.run(member.detector, xb, yb, params, generator=gen).adv
+        adv = spec.run(at_threshold(member.detector, member.threshold), xb, yb, params, generator=gen).adv
         out.append(adv.detach().cpu())
         if progress is not None:
             progress(
@@ -161,7 +161,8 @@ def run_attacks(
                         "target": target.name,
                         "setting": setting,
                         "delivery": delivery,
-                        **judge(x, y, adv, p_clean[target.name], p_after),
+                        "threshold": target.threshold,
+                        **judge(x, y, adv, p_clean[target.name], p_after, threshold=target.threshold),
                         "seconds_per_image": c.seconds_per_image,
                     }
                 )

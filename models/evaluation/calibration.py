@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -74,8 +75,26 @@ def fit_threshold(p_fake: Tensor, labels: Tensor, target_fpr: float) -> float:
     fpr, _, thresholds = roc_curve(p_fake, labels)
     ok = torch.nonzero(fpr <= target_fpr + 1e-12).flatten()
     t = float(thresholds[ok[-1]])
-    # inf (nothing called fake) is not a usable threshold: just above the highest score does the same.
-    return min(1.0, math.nextafter(float(p_fake.max()), math.inf)) if math.isinf(t) else t
+    # inf (nothing called fake) is not a usable threshold: just above the highest score does the same. "Just above"
+    # in float32, the precision scores have: a float64 step would round back onto the score in float32 arithmetic.
+    if math.isinf(t):
+        above = np.nextafter(np.float32(p_fake.max()), np.float32(np.inf), dtype=np.float32)
+        return min(1.0, float(above))
+    return t
+
+
+def check_supported(labels: Tensor, target_fpr: float) -> None:
+    """A ValueError when the reals among ``labels`` are too few to fit a threshold for ``target_fpr``: with fewer
+    than ``1 / target_fpr`` of them the only FPR below the target is 0, the fitted threshold sits above every real's
+    score, and the rate the record states says nothing about new images."""
+    reals = int((labels != FAKE_INDEX).sum())
+    if target_fpr > 0 and reals < math.ceil(1 / target_fpr - 1e-9):
+        need = math.ceil(1 / target_fpr - 1e-9)
+        raise ValueError(
+            f"the validation images hold {reals} real image(s); fitting a threshold for a {target_fpr:.3g} false-"
+            f"positive rate needs at least {need} (1 / target FPR), more for a stable one: add reals or raise the "
+            "target FPR"
+        )
 
 
 def operating_points(p_fake: Tensor, labels: Tensor) -> dict[str, Any]:
@@ -90,8 +109,9 @@ def operating_points(p_fake: Tensor, labels: Tensor) -> dict[str, Any]:
 
 
 def rates_at(p_fake: Tensor, labels: Tensor, threshold: float) -> dict[str, float]:
-    """TPR and FPR when "fake" means ``p_fake >= threshold``."""
-    called = p_fake >= threshold
+    """TPR and FPR when "fake" means ``p_fake >= threshold``, compared in float64 as the service compares a score
+    with its threshold (a float32 comparison would round the threshold onto a score)."""
+    called = p_fake.double() >= threshold
     fake = labels == FAKE_INDEX
     return {"tpr": float(called[fake].double().mean()), "fpr": float(called[~fake].double().mean())}
 
@@ -100,7 +120,9 @@ def calibrate(
     val_p: Tensor, val_y: Tensor, test_p: Tensor | None, test_y: Tensor | None, *, target_fpr: float
 ) -> dict[str, Any]:
     """The record a checkpoint keeps (``metrics.calibration``): the threshold fitted on validation images for
-    ``target_fpr``, the rates it gives there and (when given) on test images, and the test operating points."""
+    ``target_fpr``, the rates it gives there and (when given) on test images, and the test operating points.
+    Refuses validation sets with too few reals for the target (``check_supported``)."""
+    check_supported(val_y, target_fpr)
     threshold = fit_threshold(val_p, val_y, target_fpr)
     out: dict[str, Any] = {
         "threshold": threshold,

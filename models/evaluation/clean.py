@@ -30,6 +30,9 @@ class Member:
     sha256: str | None = None
     path: str | None = None
     note: str = ""
+    #: The operating threshold its verdicts use: the checkpoint's fitted one, else 0.5 (as /detect decides).
+    threshold: float = 0.5
+    threshold_source: str = "default"
 
     @property
     def family(self) -> str:
@@ -45,6 +48,9 @@ class Member:
             "sha256": self.sha256,
             "path": self.path,
             "note": self.note,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "fitting": self.detector.fitting.describe(),
         }
 
 
@@ -57,6 +63,7 @@ def lipschitz_of(meta: checkpoint.CheckpointMeta) -> float | None:
 def load_member(path: str | Path, *, device: torch.device) -> Member:
     loaded = checkpoint.load(path, map_location=device)
     lam = lipschitz_of(loaded.meta)
+    threshold, source = loaded.meta.operating_point()
     return Member(
         name=loaded.name,
         detector=loaded.detector,
@@ -64,7 +71,9 @@ def load_member(path: str | Path, *, device: torch.device) -> Member:
         role="lipschitz" if lam else "base",
         lipschitz_lambda=lam,
         sha256=loaded.sha256,
-        path=str(loaded.path),
+        path=loaded.path.name,
+        threshold=threshold,
+        threshold_source=source,
     )
 
 
@@ -98,8 +107,10 @@ def p_fake_of(detector: Detector, x: Tensor, *, batch_size: int, device: torch.d
     return torch.softmax(logits_of(detector, x, batch_size=batch_size, device=device), dim=1)[:, FAKE_INDEX]
 
 
-def clean_metrics(member: Member, images: Tensor, labels: Tensor, *, batch_size: int, device: torch.device) -> dict:
-    return binary_metrics(logits_of(member.detector, images, batch_size=batch_size, device=device), labels)
+def clean_metrics(member: Member, fitted: Tensor, labels: Tensor, *, batch_size: int, device: torch.device) -> dict:
+    """``binary_metrics`` on images already fitted by this member's own fitting (``models.facecrop.load_folder``)."""
+    logits = logits_of(member.detector.prefitted(), fitted, batch_size=batch_size, device=device)
+    return binary_metrics(logits, labels)
 
 
 def threshold_metrics(p_fake: Tensor, labels: Tensor, threshold: float) -> dict[str, Any]:

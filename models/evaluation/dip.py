@@ -68,7 +68,8 @@ def categories(
     fake = torch.nonzero(y == FAKE_INDEX).flatten()
     real = torch.nonzero(y == REAL_INDEX).flatten()
     out: dict[str, tuple[Tensor, Tensor]] = {"real": (real, x[real]), "fake": (fake, x[fake])}
-    caught = p_fake_of(target.detector, x[fake], batch_size=config.batch_size, device=device) >= 0.5
+    cut = target.threshold  # its operating threshold: "caught" and "fooled" as /detect would say them
+    caught = p_fake_of(target.detector, x[fake], batch_size=config.batch_size, device=device) >= cut
     for setting in ("BB", "WB"):
         source = target if setting == "WB" else bb_source(target, members)
         for attack in (FGSM.name, config.dip_cw):
@@ -77,7 +78,7 @@ def categories(
                 out[f"{setting} {label} fooled"] = out[f"{setting} {label} not fooled"] = (fake[:0], x[:0])
                 continue
             adv = delivered(run.crafted[(attack, source.name)].adv[fake], config.dip_delivery)
-            after = p_fake_of(target.detector, adv, batch_size=config.batch_size, device=device) >= 0.5
+            after = p_fake_of(target.detector, adv, batch_size=config.batch_size, device=device) >= cut
             # "Fooled" means the attack flipped a fake the detector caught; a fake it missed even clean is
             # no success of the attack and is left out (counted, never sampled).
             fooled, missed = caught & ~after, ~caught & ~after

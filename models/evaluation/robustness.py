@@ -23,7 +23,7 @@ from models.attacks.fab import FAB
 from models.attacks.measure import attack_and_measure
 from models.attacks.registry import AttackSpec
 from models.attacks.square import SQUARE
-from models.detector import FAKE_INDEX
+from models.detector import DEFAULT_THRESHOLD, FAKE_INDEX, verdict
 
 #: The suite, in the order it runs: the cheap gradient attack first, the score-based check on gradient masking last.
 SUITE: tuple[AttackSpec, ...] = (APGD_CE, FAB, SQUARE)
@@ -52,8 +52,10 @@ class CountingModel(nn.Module):
 
 @dataclass
 class SuiteResult:
-    """Per image: correct when clean, robust after the suite, and which attacks fooled it (None: not run)."""
+    """Per image: the bare detector's clean p_fake, correct when clean, robust after the suite, and which attacks
+    fooled it (None: not run)."""
 
+    clean_p_fake: list[float]
     clean_correct: list[bool]
     robust: list[bool]
     attacks: list[dict[str, bool | None]]
@@ -61,15 +63,15 @@ class SuiteResult:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _correct(detector: nn.Module, x: Tensor, y: Tensor, defense: Defense | None) -> Tensor:
-    if defense is None:
-        with torch.no_grad():
-            p_fake = torch.softmax(detector(x).float(), dim=1)[:, FAKE_INDEX]
-        rows = p_fake[None]
-    else:
-        rows = judge(detector, x, defense, fake_index=FAKE_INDEX).p_fake
-    labels = torch.where(rows >= 0.5, FAKE_INDEX, 1 - FAKE_INDEX)
-    return (labels == y[None]).all(dim=0)
+def _correct(
+    detector: nn.Module, x: Tensor, y: Tensor, defense: Defense | None, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """The bare detector's clean p_fake, and whether each image is judged correctly at ``threshold`` (through every
+    resubmission of the defence, when there is one)."""
+    with torch.no_grad():
+        p_fake = torch.softmax(detector(x).float(), dim=1)[:, FAKE_INDEX]
+    rows = p_fake[None] if defense is None else judge(detector, x, defense, fake_index=FAKE_INDEX).p_fake
+    return p_fake, (verdict(rows, threshold) == y[None]).all(dim=0)
 
 
 def run_suite(
@@ -83,12 +85,13 @@ def run_suite(
     save_format: str = "png",
     seed: int = 0,
     on_attack: Callable[[str, int], None] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> SuiteResult:
-    """Run the suite on ``x`` with true labels ``y`` at L-inf ``eps``; ``on_attack(name, images)`` is told before
-    each attack (a progress bar's hook)."""
+    """Run the suite on ``x`` with true labels ``y`` at L-inf ``eps``, every verdict at ``threshold`` (the detector's
+    operating threshold); ``on_attack(name, images)`` is told before each attack (a progress bar's hook)."""
     counted = CountingModel(detector).eval()
     n = len(x)
-    correct = _correct(counted, x, y, defense)
+    p_clean, correct = _correct(counted, x, y, defense, threshold)
     robust = correct.clone()
     per_image: list[dict[str, bool | None]] = [{spec.name: None for spec in SUITE} for _ in range(n)]
     used: dict[str, dict[str, Any]] = {}
@@ -103,13 +106,14 @@ def run_suite(
             continue
         reports = attack_and_measure(
             spec.name, counted, x[left], params=params, y=y[left], save_format=save_format, defense=defense,
-            generator=gen,
+            generator=gen, threshold=threshold,
         )  # fmt: skip
         for i, r in zip(left.tolist(), reports, strict=True):
             per_image[i][spec.name] = r.success
             if r.success:
                 robust[i] = False
     return SuiteResult(
+        clean_p_fake=p_clean.tolist(),
         clean_correct=correct.tolist(),
         robust=robust.tolist(),
         attacks=per_image,

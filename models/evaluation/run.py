@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from models import purify as purifiers
+from models.data.folder import TensorFolder, load_image_folder
 from models.detector import FAKE_INDEX
 from models.evaluation.adaptive import purifier_rows, suite_rows
 from models.evaluation.attacks import run_attacks, summary_table
@@ -44,32 +45,71 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+class FittedSplit:
+    """One split read once per distinct fitting among the detectors: each detector scores the images as /detect
+    fits them for it (a 380 px detector never sees a 224 px detector's images upsampled)."""
+
+    def __init__(self, root: Path, crop: str) -> None:
+        self.root, self.crop = root, crop
+        self._read: dict[Any, TensorFolder] = {}
+
+    def for_member(self, member: Any) -> TensorFolder:
+        key = member.detector.fitting
+        if key not in self._read:
+            self._read[key] = load_folder(self.root, member.detector, crop=self.crop)
+        return self._read[key]
+
+    def p_fake(self, member: Any, *, batch_size: int, device: torch.device) -> torch.Tensor:
+        fitted = self.for_member(member).images
+        return p_fake_of(member.detector.prefitted(), fitted, batch_size=batch_size, device=device)
+
+
+def attack_space(test: FittedSplit, members: list[Any], notes: list[str]) -> TensorFolder:
+    """The images the attacks perturb, in pixels every detector fits itself: the files at their own size when they
+    all share one (each detector then sees exactly what /detect shows it), else the first detector's fitting."""
+    if test.crop == "none":
+        try:
+            return load_image_folder(test.root, fitting=None)
+        except ValueError:
+            pass
+    notes.append(
+        f"attacks perturb the images as {members[0].name} is shown them ({members[0].detector.fitting.describe()}"
+        f"{', face crops' if test.crop == 'faces' else ''}): the test images differ in size; clean metrics and "
+        "calibration use each detector's own fitting"
+    )
+    return test.for_member(members[0])
+
+
 def _calibration(
     members: list[Any],
     data_dir: Path,
-    test: Any,
+    test: FittedSplit,
     out_dir: Path,
     config: EvalConfig,
     *,
     device: torch.device,
     notes: list[str],
-    crop: str = "none",
 ) -> tuple[dict[str, Any], str | None]:
     """Operating points on the test split and a threshold fitted on DATA/val for ``config.target_fpr``, per
     detector (models/evaluation/calibration.py), and the ROC curves as one PNG."""
     if not (data_dir / "val").is_dir():
         notes.append(f"calibration skipped: {data_dir} has no val/ split to fit a threshold on")
         return {}, None
-    val = load_folder(data_dir / "val", members[0].detector, crop=crop)  # as the test split is read
+    val = FittedSplit(data_dir / "val", test.crop)  # as the test split is read
     out: dict[str, Any] = {}
     curves = {}
     for m in members:
-        p_val = p_fake_of(m.detector, val.images, batch_size=config.batch_size, device=device)
-        p_test = p_fake_of(m.detector, test.images, batch_size=config.batch_size, device=device)
-        out[m.name] = calibrate(p_val, val.labels, p_test, test.labels, target_fpr=config.target_fpr)
-        fpr, tpr, _ = roc_curve(p_test, test.labels)
+        p_val = val.p_fake(m, batch_size=config.batch_size, device=device)
+        p_test = test.p_fake(m, batch_size=config.batch_size, device=device)
+        labels, test_labels = val.for_member(m).labels, test.for_member(m).labels
+        try:
+            out[m.name] = calibrate(p_val, labels, p_test, test_labels, target_fpr=config.target_fpr)
+        except ValueError as exc:  # too few reals in val/ for the target FPR: said, not fitted
+            notes.append(f"calibration of {m.name} skipped: {exc}")
+            continue
+        fpr, tpr, _ = roc_curve(p_test, test_labels)
         curves[m.name] = (fpr, tpr)
-    return out, str(roc_png(curves, out_dir / "roc.png"))
+    return out, (str(roc_png(curves, out_dir / "roc.png")) if curves else None)
 
 
 def _r5(
@@ -85,9 +125,9 @@ def _r5(
     fake, and the standard suite on every given detector, not the Lipschitz sweep's (models/evaluation/adaptive.py)."""
     target = members[0]
     detector = target.detector.to(device).eval()
-    fakes = detector.called_fake(x[y == FAKE_INDEX].to(device), config.r5_fakes)
+    fakes = detector.called_fake(x[y == FAKE_INDEX].to(device), config.r5_fakes, threshold=target.threshold)
     names = config.r5_purifiers or tuple(purifiers.names())
-    thresholds = tuple(sorted({0.5, config.dip_threshold}))
+    thresholds = tuple(sorted({0.5, config.dip_threshold, target.threshold}))
     rows: list[dict[str, Any]] = []
     if len(fakes):
         rows = purifier_rows(
@@ -113,8 +153,9 @@ def evaluate(
     progress: ProgressFn | None = None,
     crop: str = "none",
 ) -> dict[str, Any]:
-    """``crop="faces"``: the folders hold full photos; every face found is one sample, cut as the first detector
-    crops it (models/facecrop.py). Without a crop, images are fitted by the first detector's own resize mode."""
+    """Each detector's clean metrics and calibration are computed on the images fitted by its own fitting, as /detect
+    fits them (``FittedSplit``); the attacks perturb one image set every detector fits itself (``attack_space``).
+    ``crop="faces"``: the folders hold full photos; every face found is one sample (models/facecrop.py)."""
     if not checkpoints:
         raise ValueError("evaluate needs at least one checkpoint")
     timings: dict[str, float] = {}
@@ -124,8 +165,9 @@ def evaluate(
     for m in members[len(checkpoints) :]:
         m.role = "lipschitz"
     data_dir = Path(data_dir)
-    test = load_folder(data_dir / "test", members[0].detector, crop=crop)
     notes: list[str] = []
+    split = FittedSplit(data_dir / "test", crop)
+    test = attack_space(split, members, notes)
 
     t = time.perf_counter()
     sweep_log: dict[str, Any] | None = None
@@ -144,11 +186,12 @@ def evaluate(
 
     t = time.perf_counter()
     clean = {
-        m.name: clean_metrics(m, test.images, test.labels, batch_size=config.batch_size, device=device) for m in members
+        m.name: clean_metrics(
+            m, split.for_member(m).images, split.for_member(m).labels, batch_size=config.batch_size, device=device
+        )
+        for m in members
     }
-    calibration, roc_figure = _calibration(
-        members, data_dir, test, Path(out_dir), config, device=device, notes=notes, crop=crop
-    )
+    calibration, roc_figure = _calibration(members, data_dir, split, Path(out_dir), config, device=device, notes=notes)
     timings["clean"] = time.perf_counter() - t
 
     idx = subsample(test.labels, config.n_per_class, seed=config.seed)
@@ -182,7 +225,7 @@ def evaluate(
         "config": config.to_json(),
         "environment": environment(device),
         "data": {
-            "path": str(data_dir),
+            "path": data_dir.name,
             "crop": crop,
             "test_counts": {n: int((test.labels == i).sum()) for i, n in enumerate(("fake", "real"))},
             "attacked": {"fake": int((y == 0).sum()), "real": int((y == 1).sum())},

@@ -49,7 +49,10 @@ def semantics_of(detector: Detector, architecture: str) -> checkpoint.Checkpoint
         std=tuple(detector.get_buffer("std").flatten().tolist()),  # type: ignore[arg-type]
         logits=1 if isinstance(detector.backbone, SigmoidAdapter) else 2,
         fake_index=detector.fake_index,
-        resize=detector.resize,
+        resize=detector.fitting.mode,
+        resize_short=detector.fitting.short_side,
+        interpolation=detector.fitting.interpolation,
+        antialias=detector.fitting.antialias,
     )
 
 

@@ -136,9 +136,10 @@ def test_cw_on_the_demo_detector_beats_torchattacks_at_equal_budget(
     """Issue 4's cross-check: demo detector, demo test fakes, same iteration budget (5 x 100 = 500 steps)."""
     from models import checkpoint
     from models.data.folder import load_image_folder
+    from models.fitting import Fitting
 
     det = checkpoint.load(DEMO).detector
-    data = load_image_folder(demo_test_split[0], image_size=(64, 64))
+    data = load_image_folder(demo_test_split[0], fitting=Fitting((64, 64)))
     x = data.images[data.labels == 0][:16]
     y = labels(det, x)
     x, y = x[y == 0], y[y == 0]  # fakes the detector catches

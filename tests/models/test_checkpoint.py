@@ -110,9 +110,9 @@ def test_semantics_roundtrip_and_newer_formats_are_refused(tmp_path: Path) -> No
     with torch.no_grad():
         assert torch.equal(det.eval()(x), loaded.detector(x))
     raw = json.loads((tmp_path / "m.json").read_text())
-    raw["format_version"] = 3
+    raw["format_version"] = 4
     (tmp_path / "m.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="format_version 3 is newer"):
+    with pytest.raises(CheckpointError, match="format_version 4 is newer"):
         checkpoint.load(tmp_path / "m")
     raw["format_version"], raw["fake_index"] = 2, 5
     (tmp_path / "m.json").write_text(json.dumps(raw))

@@ -14,6 +14,7 @@ from PIL import Image
 from models.data import demo
 from models.data.folder import ImageFolderDataset, list_images, load_image_folder, read_image
 from models.detector import FAKE_INDEX, REAL_INDEX
+from models.fitting import Fitting
 
 TINY = demo.DemoConfig(size=32, n_train=8, n_val=4, n_test=6, generator_crops=16, generator_steps=20, generator_batch=4)
 
@@ -137,12 +138,12 @@ def test_image_folder_maps_fake_to_0(tiny_dir: Path) -> None:
     items = list_images(tiny_dir / "train")
     assert {label for path, label in items if path.parent.name == "fake"} == {FAKE_INDEX}
     assert {label for path, label in items if path.parent.name == "real"} == {REAL_INDEX}
-    ds = ImageFolderDataset(tiny_dir / "val", image_size=(16, 16))
+    ds = ImageFolderDataset(tiny_dir / "val", fitting=Fitting((16, 16)))
     x, y = ds[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
     assert y == FAKE_INDEX  # sorted: fake/ before real/
     assert ds.class_counts() == {"fake": 2, "real": 2}
-    loaded = load_image_folder(tiny_dir / "test", image_size=(32, 32))
+    loaded = load_image_folder(tiny_dir / "test", fitting=Fitting((32, 32)))
     assert loaded.images.shape == (6, 3, 32, 32) and loaded.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 

@@ -18,6 +18,7 @@ from models import checkpoint
 from models.checkpoint import DEMO_CHECKPOINTS
 from models.data import demo
 from models.data.folder import load_image_folder
+from models.fitting import Fitting
 from models.training import evaluate
 
 CHECKPOINTS = DEMO_CHECKPOINTS
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def test_split(demo_test_split: tuple[Path, dict[str, str]]) -> tuple[TensorDataset, dict[str, str]]:
     folder, split_hashes = demo_test_split
-    data = load_image_folder(folder, image_size=(64, 64))
+    data = load_image_folder(folder, fitting=Fitting((64, 64)))
     return TensorDataset(data.images, data.labels), split_hashes
 
 

@@ -20,6 +20,7 @@ from models.evaluation.config import EvalConfig
 from models.evaluation.sweep import sweep
 from models.facecrop import CropFolder, folder_for, load_folder
 from models.faces import crop as crop_box
+from models.fitting import Fitting
 
 
 def _save(pixels: np.ndarray, path: Path, side: int = 256) -> None:
@@ -50,7 +51,7 @@ def test_face_folder_has_one_sample_per_face_and_lists_photos_without_one(photos
     assert box is not None and label == 0 and x.shape == (3, 32, 32)
     from models.data.folder import read_image
 
-    assert torch.equal(x, crop_box(read_image(path), box, (32, 32), mode="center-crop"))
+    assert torch.equal(x, crop_box(read_image(path), box, Fitting((32, 32), mode="center-crop")))
 
 
 def test_without_a_crop_images_are_fitted_by_the_detectors_own_resize_mode(photos: Path) -> None:

@@ -12,6 +12,7 @@ from skimage import data
 
 from models import faces
 from models.faces import Box
+from models.fitting import Fitting
 
 
 def _tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -84,19 +85,19 @@ def test_crop_and_paste_touch_only_the_box() -> None:
     torch.manual_seed(0)
     image = torch.rand(3, 50, 80)
     box = Box(10, 5, 40, 35)
-    face = faces.crop(image, box, (16, 16))
+    face = faces.crop(image, box, Fitting((16, 16)))
     assert face.shape == (3, 16, 16)
     out = faces.paste(image, box, torch.rand(3, 16, 16))
     inside = torch.zeros(50, 80, dtype=torch.bool)
     inside[5:35, 10:40] = True
     assert torch.equal(out[:, ~inside], image[:, ~inside]) and not torch.equal(out[:, inside], image[:, inside])
     # the crop at the box's own size pastes back to the same pixels
-    assert torch.allclose(faces.paste(image, box, faces.crop(image, box, (30, 30))), image)
+    assert torch.allclose(faces.paste(image, box, faces.crop(image, box, Fitting((30, 30)))), image)
     # differentiable: a gradient through the crop reaches only the box's pixels
     x = image.clone().requires_grad_(True)
-    faces.crop(x, box, (16, 16)).sum().backward()
+    faces.crop(x, box, Fitting((16, 16))).sum().backward()
     assert x.grad is not None and x.grad[:, ~inside].abs().sum() == 0 and x.grad[:, inside].abs().sum() > 0
     with pytest.raises(ValueError, match="does not fit"):
-        faces.crop(image, Box(70, 0, 90, 20), (8, 8))
+        faces.crop(image, Box(70, 0, 90, 20), Fitting((8, 8)))
     with pytest.raises(ValueError, match="x0 < x1"):
         Box(5, 5, 5, 9)
