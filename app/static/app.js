@@ -11,7 +11,7 @@ const KEY_STORE = "deepfake-guard.api-key";
 const THRESHOLD_SOURCES = {
   request: "set by the request",
   checkpoint: "the checkpoint's calibrated threshold",
-  default: "the default 0.5 (no calibrated threshold)",
+  default: "the default: no calibrated threshold",
 };
 // Display names of the attacks; one registered later is shown by its own name.
 const ATTACK_NAMES = { fgsm: "FGSM", pgd: "PGD", cw_l2: "Carlini-Wagner L2", apgd_ce: "APGD-CE", fab: "FAB", square: "Square" };
@@ -134,7 +134,8 @@ function trainedOnDemoData(name) {
 
 // One detector's verdict, as the service gave it. `bars`: [{caption, p}]; `labels`: the service's labels, one per
 // bar (shown "before → after" when there are two); `threshold`/`source`: what the labels were cut at, when known.
-function verdictCard({ name, sha256, bars, labels, threshold = null, source = null, role = "" }) {
+// `note`: say what a detector trained on the demo data is worth (once, on the verdicts of the image itself).
+function verdictCard({ name, sha256, bars, labels, threshold = null, source = null, role = "", note = false }) {
   const final = labels[labels.length - 1];
   const card = el(
     "div", { class: "verdict", "data-model": name, "data-label": final || "" },
@@ -151,8 +152,8 @@ function verdictCard({ name, sha256, bars, labels, threshold = null, source = nu
     const from = THRESHOLD_SOURCES[source] || (source ? `from ${source}` : "");
     card.append(el("div", { class: "threshold", text: `fake when p_fake ≥ ${threshold.toFixed(4)}${from ? ` (${from})` : ""}` }));
   }
-  if (trainedOnDemoData(name)) {
-    card.dataset.demo = "true";
+  if (trainedOnDemoData(name)) card.dataset.demo = "true";
+  if (note && trainedOnDemoData(name)) {
     card.append(el("p", {
       class: "demo-note",
       text: "Trained on the synthetic demo data (docs/DATA.md), which holds no face and no real deepfake: "
@@ -240,16 +241,16 @@ function declaration(kind) {
   return list.find((d) => d.name === $(`${kind}-method`).value);
 }
 
-function defaultText(p) {
-  if (p.default_doc) return p.default_doc;
-  if (known(p.default)) return String(p.default);
-  return "the method's";
+function placeholder(p) {
+  if (p.default_doc) return `default ${p.default_doc}`;
+  if (known(p.default)) return `default ${p.default}`;
+  return "the method's own";
 }
 
 // One input per declared parameter, left empty (the service's default applies) unless the user sets it. The first
-// parameter that every gradient attack takes (eps) stays in view; the rest fold away.
+// two (eps and steps, a preset and its step count) stay in view; the rest fold away.
 function paramField(kind, p) {
-  const id = `${kind}-${p.name}`;
+  const id = `${kind}-param-${p.name}`; // never a fixed id of the page (DIP declares `stop`)
   let input;
   if (p.type === "bool") {
     input = el("input", { id, type: "checkbox", "data-param": p.name });
@@ -267,7 +268,7 @@ function paramField(kind, p) {
       input.append(option);
     }
   } else {
-    input = el("input", { id, type: "number", "data-param": p.name, placeholder: `default ${defaultText(p)}` });
+    input = el("input", { id, type: "number", "data-param": p.name, placeholder: placeholder(p) });
     if (known(p.minimum)) input.min = String(p.minimum);
     if (known(p.maximum)) input.max = String(p.maximum);
     input.step = p.type === "int" ? "1" : "any";
@@ -280,8 +281,8 @@ function syncParams(kind) {
   const box = $(`${kind}-params`);
   box.replaceChildren();
   if (!decl) return;
-  const main = decl.parameters.filter((p) => p.name === "eps" || p.name === "preset");
-  const rest = decl.parameters.filter((p) => !main.includes(p));
+  const main = decl.parameters.slice(0, 2);
+  const rest = decl.parameters.slice(2);
   for (const p of main) box.append(paramField(kind, p));
   if (rest.length) {
     const more = el("details", { class: "more" }, el("summary", { text: `${decl.name} parameters (${rest.length})` }));
@@ -421,7 +422,7 @@ async function detect() {
   state.detected = Object.fromEntries(answers.map((a) => [a.model.name, a]));
   box.replaceChildren(...answers.map((a) => verdictCard({
     name: a.model.name, sha256: a.model.sha256, bars: [{ caption: "p_fake", p: a.results[0].p_fake }],
-    labels: [a.results[0].label], threshold: a.threshold, source: a.threshold_source,
+    labels: [a.results[0].label], threshold: a.threshold, source: a.threshold_source, note: true,
   })));
   drawFaces(answers);
   state.scored = true;
