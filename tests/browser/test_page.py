@@ -444,8 +444,10 @@ def test_with_api_keys_on_the_page_asks_for_the_key_then_works(browser: Any, key
     page.locator("#verdicts .verdict").nth(1).wait_for()  # the image loaded before is scored now
     assert verdicts(page, "#verdicts") == {"demo-resnet18": "fake", "demo-vgg16": "fake"}
     assert page.is_hidden("#error")
-    page.click("#attack-btn")  # FGSM, synchronous
+    page.select_option("#attack-defense", "jpeg")  # FGSM through JPEG: an adaptive attack, synchronous
+    page.click("#attack-btn")
     page.wait_for_selector("#attack-result:not([hidden])")
+    assert "through jpeg" in page.inner_text("#attack-summary")
     assert authorized and set(authorized) == {f"Bearer {API_KEY}"}, set(authorized)
     stored = page.evaluate("[sessionStorage.length, localStorage.length, Object.values(sessionStorage)]")
     assert stored == [1, 0, [API_KEY]], stored  # this tab only, never localStorage
