@@ -19,7 +19,7 @@ from app.detection import DetectionService
 from app.errors import install_error_handlers, problem_responses
 from app.metrics import ApiMetrics, HttpMetricsMiddleware, RedisCollector
 from app.pixels import PixelGate
-from app.routes import attack, detect, health, jobs, metrics, page, purify
+from app.routes import attack, detect, health, jobs, methods, metrics, page, purify
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, choose_default, resolve_device
 
@@ -109,7 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.pixels_in_flight, wait_s=settings.pixels_wait_s, retry_after_s=settings.retry_after_s
     )
     install_error_handlers(app)
-    routers = (health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router, metrics.router)
+    routers = (
+        health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router, metrics.router,
+        methods.router,
+    )  # fmt: skip
     for router in routers:
         document_guards(router)
         app.include_router(router)

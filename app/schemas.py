@@ -202,3 +202,50 @@ class AttackResult(BaseModel):
     faces: list[FaceResult] | None = Field(
         None, description="crop=faces: the faces found again on the delivered file (what /detect crop=faces says)."
     )
+
+
+class MethodParameter(BaseModel):
+    """One parameter of an attack or purifier, as its declaration states it (models/methods.py ``Param``)."""
+
+    name: str = Field(description="The form field (and command-line flag) that sets it.")
+    type: Literal["bool", "int", "float", "str"]
+    description: str
+    default: bool | int | float | str | None = Field(
+        description="Its value when a request leaves it out (null: the method's own rule, see `default_doc`, or the "
+        "preset's)."
+    )
+    default_doc: str | None = Field(None, description="A default that depends on other values, e.g. `eps / 4`.")
+    minimum: float | None = Field(None, description="The lowest value the API accepts.")
+    exclusive_minimum: bool = Field(False, description="The minimum itself is refused.")
+    maximum: float | None = None
+    choices: list[str] | None = Field(None, description="`str` parameters: the values it takes.")
+    nullable: bool = Field(False, description="Left out, the method picks (a DIP preset's step count).")
+
+
+class MethodDeclaration(BaseModel):
+    name: str
+    summary: str
+    parameters: list[MethodParameter]
+
+
+class AttackDeclaration(MethodDeclaration):
+    step_budget: Literal["gradient", "optimizer"] = Field(
+        description="Which synchronous step budget counts its steps (DFG_PGD_SYNC_MAX_STEPS or DFG_CW_SYNC_MAX_STEPS); "
+        "above it, POST /attack answers 202 and queues a job."
+    )
+
+
+class PurifierDeclaration(MethodDeclaration):
+    iterative: bool = Field(description="An optimisation (DIP): as an attack's defense it always runs as a queued job.")
+    randomized: bool = Field(description="Each run draws fresh randomness (EOT and resubmissions differ).")
+
+
+class MethodsResponse(BaseModel):
+    """The registered attacks and purifiers (the same declarations POST /attack and POST /purify take)."""
+
+    attacks: list[AttackDeclaration]
+    purifiers: list[PurifierDeclaration]
+    defense_prefix: str = Field(
+        description="POST /attack's `defense` parameters are the purifier's, named with this prefix."
+    )
+    adaptive: list[MethodParameter] = Field(description="POST /attack's settings of an attack through a defense.")

@@ -1,21 +1,44 @@
-// The try-it page: plain JavaScript on the service's own API (POST /detect, /attack, /purify; GET /jobs/{id}).
+// The try-it page: plain JavaScript on the service's own API (GET /models, /methods; POST /detect, /attack,
+// /purify; GET and DELETE /jobs/{id}). Every verdict shown is the service's own (its label and the threshold it
+// used): the page never cuts p_fake itself.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 500;
+// The API key lives in this tab only (sessionStorage, never localStorage): closing the tab forgets it.
+const KEY_STORE = "deepfake-guard.api-key";
+// How the card names the origin of the threshold a verdict used (DetectResponse.threshold_source, app/schemas.py).
+const THRESHOLD_SOURCES = {
+  request: "set by the request",
+  checkpoint: "the checkpoint's calibrated threshold",
+  default: "the default: no calibrated threshold",
+};
+// Display names of the attacks; one registered later is shown by its own name.
+const ATTACK_NAMES = { fgsm: "FGSM", pgd: "PGD", cw_l2: "Carlini-Wagner L2", apgd_ce: "APGD-CE", fab: "FAB", square: "Square" };
+const PURIFIER_NAMES = { dip: "Deep Image Prior", jpeg: "JPEG", median: "Median filter", bitdepth: "Bit depth" };
 
 const state = {
   models: [],        // GET /models
+  methods: null,     // GET /methods
   original: null,    // {blob, name, url}
   adversarial: null, // {blob, name, url}
-  purifyJob: null,   // id of the running purification
+  detected: {},      // detector name -> its /detect answer on the current image
+  scored: false,     // the current image was accepted and scored: Attack and Purify may run
+  epoch: 0,          // bumped when a new image is loaded: work begun for an older image stops and shows nothing
+  jobs: { attack: null, purify: null }, // ids of the queued jobs the page is following
+  busy: { attack: false, purify: false },
 };
 
 // ---- errors: the problem+json `detail` of any failed call, shown as a sentence --------------------------
 
 class ApiError extends Error {}
+// Work begun for an image that is no longer loaded: dropped silently.
+class Stale extends Error {}
+// A job that ended without a result (stopped or canceled): not an error when the user asked for it.
+class JobEnded extends Error {}
 
 function showError(err) {
+  if (err instanceof Stale) return;
   const box = $("error");
   box.textContent = err instanceof ApiError ? err.message : `Something went wrong: ${err.message || err}`;
   box.hidden = false;
@@ -26,10 +49,16 @@ function clearError() {
   $("error").textContent = "";
 }
 
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORE) || "";
+}
+
 async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (apiKey()) headers.set("Authorization", `Bearer ${apiKey()}`);
   let resp;
   try {
-    resp = await fetch(path, options);
+    resp = await fetch(path, { ...options, headers });
   } catch (err) {
     throw new ApiError(`The service did not answer ${path}: ${err.message}`);
   }
@@ -39,6 +68,13 @@ async function api(path, options = {}) {
   if (type.includes("json")) {
     const body = await resp.json();
     detail = body.detail || body.title || detail;
+  }
+  if (resp.status === 401) {
+    document.body.dataset.auth = "needed";
+    $("api-key").focus();
+    throw new ApiError(apiKey()
+      ? `The service refused this API key (401): check the key in the "API key" field at the top and press "Use key" again.`
+      : `This service needs an API key (401): enter yours in the "API key" field at the top and press "Use key".`);
   }
   throw new ApiError(`${options.method || "GET"} ${path} failed (${resp.status}): ${detail}`);
 }
@@ -57,37 +93,73 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function pct(p) {
-  return `${(100 * p).toFixed(1)}%`;
+  return p === null || p === undefined ? "–" : `${(100 * p).toFixed(1)}%`;
 }
 
-function labelOf(p, threshold = 0.5) {
-  return p >= threshold ? "fake" : "real";
+function known(value) {
+  return value !== null && value !== undefined;
 }
 
-function pBar(caption, p) {
-  const fill = el("div", { class: `fill ${labelOf(p)}` });
-  fill.style.width = pct(p);
+// One p_fake bar; the dashed line marks the threshold the service used (none when it is not known).
+function pBar(caption, p, label, threshold) {
+  const fill = el("div", { class: `fill ${label}` });
+  fill.style.width = known(p) ? pct(p) : "0%";
+  const track = el("div", { class: "track", title: known(p) ? `p_fake = ${p.toFixed(4)}` : "no face found" }, fill);
+  if (known(threshold)) {
+    const mark = el("div", { class: "mark" });
+    mark.style.left = `${(100 * threshold).toFixed(2)}%`;
+    track.append(mark);
+  }
   return el(
     "div", { class: "pbar", "data-p-fake": String(p) },
-    el("span", { text: caption }),
-    el("div", { class: "track", title: `p_fake = ${p.toFixed(4)} (dashed line: threshold 0.5)` }, fill),
-    el("span", { class: "value", text: pct(p) }),
+    el("span", { text: caption }), track, el("span", { class: "value", text: known(p) ? pct(p) : "no face" }),
   );
 }
 
-// One detector's verdict: name, label, p_fake bar(s), sha256. `after` adds a second bar (attack, purify).
-function verdictCard(name, sha256, before, after = null, captions = ["p_fake", ""]) {
-  const final = after === null ? before : after;
+function modelInfo(name) {
+  return state.models.find((m) => m.name === name) || null;
+}
+
+// Whether a detector learnt on the synthetic demo data (docs/DATA.md), which holds no face and no real deepfake.
+// GET /models says so (`demo_data`); a service that predates that field is read from the checkpoint's name or
+// the folder it was trained on (models/demo_checkpoints/*.json: provenance.dataset.path "data/demo").
+function trainedOnDemoData(name) {
+  const m = modelInfo(name);
+  if (!m) return false;
+  if (typeof m.demo_data === "boolean") return m.demo_data;
+  const dataset = (m.provenance && m.provenance.dataset) || {};
+  const folder = typeof dataset.path === "string" ? dataset.path.replace(/\/+$/, "").split("/").pop() : "";
+  return m.name.startsWith("demo-") || folder === "demo";
+}
+
+// One detector's verdict, as the service gave it. `bars`: [{caption, p}]; `labels`: the service's labels, one per
+// bar (shown "before → after" when there are two); `threshold`/`source`: what the labels were cut at, when known.
+// `note`: say what a detector trained on the demo data is worth (once, on the verdicts of the image itself).
+function verdictCard({ name, sha256, bars, labels, threshold = null, source = null, role = "", note = false }) {
+  const final = labels[labels.length - 1];
   const card = el(
-    "div", { class: "verdict", "data-model": name, "data-label": labelOf(final) },
+    "div", { class: "verdict", "data-model": name, "data-label": final || "" },
     el(
       "div", { class: "verdict-head" },
-      el("span", { class: "name", text: name }),
-      el("span", { class: `label ${labelOf(final)}`, text: after === null ? labelOf(before) : `${labelOf(before)} → ${labelOf(after)}` }),
+      el("span", { class: "name", text: role ? `${name} (${role})` : name }),
+      el("span", { class: `label ${final || ""}`, text: labels.filter(known).map((l) => l.replace("_", " ")).join(" → ") }),
     ),
-    pBar(captions[0], before),
   );
-  if (after !== null) card.append(pBar(captions[1], after));
+  bars.forEach((b, i) => card.append(pBar(b.caption, b.p, labels[i] || "", threshold)));
+  if (known(threshold)) {
+    card.dataset.threshold = String(threshold);
+    card.dataset.thresholdSource = source || "";
+    const from = THRESHOLD_SOURCES[source] || (source ? `from ${source}` : "");
+    card.append(el("div", { class: "threshold", text: `fake when p_fake ≥ ${threshold.toFixed(4)}${from ? ` (${from})` : ""}` }));
+  }
+  if (trainedOnDemoData(name)) card.dataset.demo = "true";
+  if (note && trainedOnDemoData(name)) {
+    card.append(el("p", {
+      class: "demo-note",
+      text: "Trained on the synthetic demo data (docs/DATA.md), which holds no face and no real deepfake: "
+        + "its verdicts on real photos mean nothing.",
+    }));
+  }
   card.append(el("div", { class: "sha", text: `sha256 ${sha256}` }));
   return card;
 }
@@ -111,8 +183,7 @@ function setProgress(block, fraction, text) {
   block.hidden = false;
   const value = Math.max(0, Math.min(1, fraction));
   block.querySelector(".fill").style.width = `${(100 * value).toFixed(1)}%`;
-  const bar = block.querySelector(".bar");
-  bar.setAttribute("aria-valuenow", (100 * value).toFixed(0));
+  block.querySelector(".bar").setAttribute("aria-valuenow", (100 * value).toFixed(0));
   block.querySelector(".progress-text").textContent = text;
 }
 
@@ -122,7 +193,19 @@ function formatEta(seconds) {
   return `ETA ${Math.floor(seconds / 60)} min ${Math.ceil(seconds % 60)} s`;
 }
 
-// ---- models ---------------------------------------------------------------------------------------------
+function cropFaces() {
+  return $("crop-faces").checked;
+}
+
+function syncButtons() {
+  $("detect-btn").disabled = !state.original;
+  $("attack-btn").disabled = !state.scored || state.busy.attack;
+  $("purify-btn").disabled = !state.scored || state.busy.purify;
+  $("attack-stop").disabled = !state.jobs.attack;
+  $("purify-stop").disabled = !state.jobs.purify;
+}
+
+// ---- the service's detectors and methods ----------------------------------------------------------------
 
 async function loadModels() {
   const body = await (await api("/models")).json();
@@ -139,22 +222,120 @@ async function loadModels() {
   }
 }
 
+// The attack, defense and purifier choices and each one's parameters, from the registries (GET /methods).
+async function loadMethods() {
+  state.methods = await (await api("/methods")).json();
+  const options = (decls, names) => decls.map((d) => el("option", { value: d.name, text: names[d.name] || d.name, title: d.summary }));
+  $("attack-method").replaceChildren(...options(state.methods.attacks, ATTACK_NAMES));
+  $("attack-defense").replaceChildren(
+    el("option", { value: "none", text: "none (the bare detector)" }),
+    ...options(state.methods.purifiers, PURIFIER_NAMES),
+  );
+  $("purify-method").replaceChildren(...options(state.methods.purifiers, PURIFIER_NAMES));
+  syncParams("attack");
+  syncParams("purify");
+}
+
+function declaration(kind) {
+  const list = kind === "attack" ? state.methods.attacks : state.methods.purifiers;
+  return list.find((d) => d.name === $(`${kind}-method`).value);
+}
+
+function placeholder(p) {
+  if (p.default_doc) return `default ${p.default_doc}`;
+  if (known(p.default)) return `default ${p.default}`;
+  return "the method's own";
+}
+
+// One input per declared parameter, left empty (the service's default applies) unless the user sets it. The first
+// two (eps and steps, a preset and its step count) stay in view; the rest fold away.
+function paramField(kind, p) {
+  const id = `${kind}-param-${p.name}`; // never a fixed id of the page (DIP declares `stop`)
+  let input;
+  if (p.type === "bool") {
+    input = el("input", { id, type: "checkbox", "data-param": p.name });
+    input.checked = p.default === true;
+    input.dataset.default = String(p.default === true);
+    const label = el("label", { class: "check", title: p.description }, input, ` ${p.name}`);
+    return label;
+  }
+  if (p.type === "str") {
+    input = el("select", { id, "data-param": p.name });
+    if (!known(p.default)) input.append(el("option", { value: "", text: "(the method's choice)" }));
+    for (const c of p.choices || []) {
+      const option = el("option", { value: c, text: c });
+      if (c === p.default) option.selected = true;
+      input.append(option);
+    }
+  } else {
+    input = el("input", { id, type: "number", "data-param": p.name, placeholder: placeholder(p) });
+    if (known(p.minimum)) input.min = String(p.minimum);
+    if (known(p.maximum)) input.max = String(p.maximum);
+    input.step = p.type === "int" ? "1" : "any";
+  }
+  return el("label", { title: p.description }, `${p.name}`, input);
+}
+
+function syncParams(kind) {
+  const decl = declaration(kind);
+  const box = $(`${kind}-params`);
+  box.replaceChildren();
+  if (!decl) return;
+  const main = decl.parameters.slice(0, 2);
+  const rest = decl.parameters.slice(2);
+  for (const p of main) box.append(paramField(kind, p));
+  if (rest.length) {
+    const more = el("details", { class: "more" }, el("summary", { text: `${decl.name} parameters (${rest.length})` }));
+    const grid = el("div", { class: "params-grid" });
+    for (const p of rest) grid.append(paramField(kind, p));
+    more.append(grid);
+    box.append(more);
+  }
+  box.append(el("p", { class: "hint method-summary", text: decl.summary }));
+}
+
+// The parameters the user set: empty numbers, a checkbox at its default and an unset choice are left out.
+function appendParams(form, kind) {
+  for (const input of $(`${kind}-params`).querySelectorAll("[data-param]")) {
+    const name = input.dataset.param;
+    if (input.type === "checkbox") {
+      if (String(input.checked) !== input.dataset.default) form.append(name, String(input.checked));
+    } else if (input.value !== "") {
+      form.append(name, input.value);
+    }
+  }
+}
+
 // ---- image intake ---------------------------------------------------------------------------------------
 
+// A new image: whatever ran for the previous one is dropped (its jobs stopped, its polling ended, its results
+// cleared), and Attack and Purify wait until the new one is scored.
 function useFile(file) {
   if (!file) return;
   clearError();
+  state.epoch += 1;
+  for (const kind of ["attack", "purify"]) {
+    const id = state.jobs[kind];
+    if (id) api(`/jobs/${id}`, { method: "DELETE" }).catch(() => {}); // best effort: its result is unwanted now
+    state.jobs[kind] = null;
+    state.busy[kind] = false;
+    $(`${kind}-progress`).hidden = true;
+    $(`${kind}-result`).hidden = true;
+  }
   if (state.original) URL.revokeObjectURL(state.original.url);
+  if (state.adversarial) URL.revokeObjectURL(state.adversarial.url);
   const url = showImage($("original-img"), $("original-download"), file, file.name || "image.png");
   state.original = { blob: file, name: file.name || "image.png", url };
   state.adversarial = null;
+  state.scored = false;
+  state.detected = {};
+  $("faces").replaceChildren();
+  $("verdicts").replaceChildren();
   $("original").hidden = false;
   $("original-name").textContent = `${state.original.name} (${Math.round(file.size / 1024)} kB)`;
-  $("attack-result").hidden = true;
-  $("purify-result").hidden = true;
   $("purify-adv-choice").disabled = true;
   document.querySelector('input[name="purify-input"][value="original"]').checked = true;
-  for (const id of ["detect-btn", "attack-btn", "purify-btn"]) $(id).disabled = false;
+  syncButtons();
   detect().catch(showError);
 }
 
@@ -177,55 +358,91 @@ function setUpDrop() {
 
 // ---- 2. detect ------------------------------------------------------------------------------------------
 
-// Face boxes, drawn over the image when a /detect result carries them (`faces: [{box: [x0, y0, x1, y1]}]`
-// in the upload's pixels); results without faces draw nothing.
-function drawFaces(results) {
-  const img = $("original-img");
-  const canvas = $("faces");
-  canvas.width = img.naturalWidth || 1;
-  canvas.height = img.naturalHeight || 1;
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.lineWidth = Math.max(1, canvas.width / 100);
-  for (const r of results) {
+// The faces /detect found (crop=faces: `results[].faces[].box` = [x0, y0, x1, y1] in the upload's pixels), one
+// box each over the image, with every detector's p_fake and label for it. Placed in percent of the image's size,
+// so the boxes follow the image at whatever size it is shown.
+function drawFaces(answers) {
+  const layer = $("faces");
+  layer.replaceChildren();
+  const faces = new Map(); // "x0,y0,x1,y1" -> [{model, p_fake, label}]
+  let size = null;
+  for (const a of answers) {
+    const r = a.results[0];
+    size = size || [r.width, r.height];
     for (const face of r.faces || []) {
-      const [x0, y0, x1, y1] = face.box;
-      ctx.strokeStyle = labelOf(r.p_fake) === "fake" ? "#b3261e" : "#1b7f3b";
-      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      const key = face.box.join(",");
+      if (!faces.has(key)) faces.set(key, []);
+      faces.get(key).push({ model: a.model.name, p_fake: face.p_fake, label: face.label });
     }
+  }
+  for (const [key, verdicts] of faces) {
+    const [x0, y0, x1, y1] = key.split(",").map(Number);
+    const [w, h] = size;
+    const anyFake = verdicts.some((v) => v.label === "fake");
+    const box = el("div", { class: `face-box ${anyFake ? "fake" : "real"}`, "data-box": key });
+    Object.assign(box.style, {
+      left: `${(100 * x0) / w}%`, top: `${(100 * y0) / h}%`,
+      width: `${(100 * (x1 - x0)) / w}%`, height: `${(100 * (y1 - y0)) / h}%`,
+    });
+    const tag = el("div", { class: "face-tag" });
+    for (const v of verdicts) {
+      tag.append(el("div", { class: v.label, "data-model": v.model, "data-label": v.label, text: `${v.model}: ${pct(v.p_fake)} ${v.label}` }));
+    }
+    box.append(tag);
+    layer.append(box);
   }
 }
 
 async function detect() {
   if (!state.original) return;
+  if (document.body.dataset.ready !== "true") await start(); // the detector list is still missing (no API key yet)
+  const epoch = state.epoch;
+  const image = state.original;
+  const crop = cropFaces();
+  state.scored = false;
+  syncButtons();
   const box = $("verdicts");
   box.replaceChildren(el("p", { class: "hint", text: "Scoring…" }));
-  const answers = await Promise.all(
-    state.models.map(async (m) => {
-      const form = new FormData();
-      form.append("file", state.original.blob, state.original.name);
-      form.append("model", m.name);
-      return (await api("/detect", { method: "POST", body: form })).json();
-    }),
-  );
-  box.replaceChildren(
-    ...answers.map((a) => verdictCard(a.model.name, a.model.sha256, a.results[0].p_fake)),
-  );
-  drawFaces(answers.map((a) => a.results[0]));
+  let answers;
+  try {
+    answers = await Promise.all(
+      state.models.map(async (m) => {
+        const form = new FormData();
+        form.append("file", image.blob, image.name);
+        form.append("model", m.name);
+        if (crop) form.append("crop", "faces");
+        return (await api("/detect", { method: "POST", body: form })).json();
+      }),
+    );
+  } catch (err) {
+    if (epoch === state.epoch) box.replaceChildren(); // a refused image: no verdict, and Attack/Purify stay off
+    throw err;
+  }
+  if (epoch !== state.epoch) return; // another image was loaded meanwhile
+  state.detected = Object.fromEntries(answers.map((a) => [a.model.name, a]));
+  box.replaceChildren(...answers.map((a) => verdictCard({
+    name: a.model.name, sha256: a.model.sha256, bars: [{ caption: "p_fake", p: a.results[0].p_fake }],
+    labels: [a.results[0].label], threshold: a.threshold, source: a.threshold_source, note: true,
+  })));
+  drawFaces(answers);
+  state.scored = true;
+  syncButtons();
 }
 
 // ---- jobs -----------------------------------------------------------------------------------------------
 
-// Polls GET /jobs/{id} until the job ends; `onProgress(info)` sees every state. Resolves with the finished job.
-async function pollJob(id, onProgress) {
+// Polls GET /jobs/{id} until the job ends; `onProgress(info)` sees every state. Resolves with the finished job;
+// stops (Stale) as soon as another image is loaded.
+async function pollJob(id, epoch, onProgress) {
   for (;;) {
     const info = await (await api(`/jobs/${id}`)).json();
+    if (epoch !== state.epoch) throw new Stale();
     onProgress(info);
     if (info.status === "finished") return info;
-    if (["failed", "stopped", "canceled"].includes(info.status)) {
-      throw new ApiError(`Job ${id} ${info.status}: ${info.error || "no reason given"}`);
-    }
+    if (["stopped", "canceled"].includes(info.status)) throw new JobEnded(info.status);
+    if (info.status === "failed") throw new ApiError(`Job ${id} failed: ${info.error || "no reason given"}`);
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    if (epoch !== state.epoch) throw new Stale();
   }
 }
 
@@ -235,43 +452,73 @@ function describeProgress(info) {
   return `${info.status}: ${p.iteration} / ${p.max_iterations} steps, ${formatEta(p.eta_s)}`;
 }
 
-// ---- 3. attack ------------------------------------------------------------------------------------------
-
-function modelSha(name) {
-  const m = state.models.find((x) => x.name === name);
-  return m ? m.sha256 : "";
+// Follows a queued job of `kind` (attack or purify) with its progress bar; the job's Stop button DELETEs it.
+async function followJob(kind, id, epoch) {
+  state.jobs[kind] = id;
+  syncButtons();
+  const block = $(`${kind}-progress`);
+  setProgress(block, 0, "queued");
+  try {
+    return await pollJob(id, epoch, (i) => setProgress(block, i.progress ? i.progress.fraction : 0, describeProgress(i)));
+  } catch (err) {
+    if (err instanceof JobEnded) setProgress(block, 0, `${err.message}: no result`);
+    throw err;
+  } finally {
+    if (epoch === state.epoch) {
+      state.jobs[kind] = null;
+      syncButtons();
+    }
+  }
 }
+
+async function stopJob(kind) {
+  if (state.jobs[kind]) await api(`/jobs/${state.jobs[kind]}`, { method: "DELETE" });
+}
+
+// ---- 3. attack ------------------------------------------------------------------------------------------
 
 async function attack(event) {
   event.preventDefault();
   clearError();
+  const epoch = state.epoch;
   const method = $("attack-method").value;
   const target = $("attack-target").value;
   const source = $("attack-source").value || target;
+  const defense = $("attack-defense").value;
   const form = new FormData();
   form.append("file", state.original.blob, state.original.name);
   form.append("method", method);
   form.append("target", target);
   form.append("source", source);
-  if (method !== "cw_l2") form.append("eps", $("attack-eps").value);
-  $("attack-btn").disabled = true;
+  if (defense !== "none") form.append("defense", defense);
+  if (cropFaces()) form.append("crop", "faces");
+  appendParams(form, "attack");
+  state.busy.attack = true;
+  syncButtons();
   $("attack-result").hidden = true;
+  $("attack-progress").hidden = true;
   try {
     const resp = await api("/attack", { method: "POST", body: form });
     let body = await resp.json();
+    if (epoch !== state.epoch) return;
     let adv;
-    if (resp.status === 202) { // over the synchronous budget: a job, polled like a purification
-      const info = await pollJob(body.id, (i) => setProgress(
-        $("attack-progress"), i.progress ? i.progress.fraction : 0, describeProgress(i)));
+    if (resp.status === 202) { // over the synchronous budget, or through DIP: a job, polled like a purification
+      const info = await followJob("attack", body.id, epoch);
       body = info.result;
       adv = await (await api(info.result_url)).blob();
+      if (epoch !== state.epoch) return;
+      setProgress($("attack-progress"), 1, `finished: ${body.iterations} iteration(s)`);
     } else {
       adv = b64ToBlob(body.adversarial, body.adversarial_media_type);
     }
-    $("attack-progress").hidden = true;
     showAttack(body, adv, target, source);
+  } catch (err) {
+    if (!(err instanceof JobEnded)) throw err;
   } finally {
-    $("attack-btn").disabled = false;
+    if (epoch === state.epoch) {
+      state.busy.attack = false;
+      syncButtons();
+    }
   }
 }
 
@@ -291,24 +538,36 @@ function showAttack(body, advBlob, target, source) {
   } else {
     $("attack-pert-card").hidden = true;
   }
-  const cards = [verdictCard(target, modelSha(target), body.p_fake_before, body.p_fake_after, ["before", "after"])];
-  if (source !== target && body.source_p_fake_before !== null && body.source_p_fake_before !== undefined) {
-    const card = verdictCard(source, modelSha(source), body.source_p_fake_before, body.source_p_fake_after, ["before", "after"]);
-    card.querySelector(".name").textContent = `${source} (source)`;
-    cards.push(card);
+  // The target's labels are the service's (label_before, label_after) at the threshold it states, when it does.
+  const threshold = known(body.threshold) ? body.threshold : null;
+  const cards = [verdictCard({
+    name: target, sha256: body.target ? body.target.sha256 : "", role: "target",
+    bars: [{ caption: "before", p: body.p_fake_before }, { caption: "after", p: body.p_fake_after }],
+    labels: [body.label_before, body.label_after], threshold, source: threshold === null ? null : body.threshold_source,
+  })];
+  if (source !== target && known(body.source_p_fake_before)) {
+    // The answer labels only the target; the source is labelled at the threshold /detect used for it.
+    const cut = state.detected[source] ? state.detected[source].threshold : null;
+    const labelAt = (p) => (known(cut) && known(p) ? (p >= cut ? "fake" : "real") : null);
+    cards.push(verdictCard({
+      name: source, sha256: body.source ? body.source.sha256 : "", role: "source",
+      bars: [{ caption: "before", p: body.source_p_fake_before }, { caption: "after", p: body.source_p_fake_after }],
+      labels: [labelAt(body.source_p_fake_before), labelAt(body.source_p_fake_after)], threshold: cut,
+      source: known(cut) ? state.detected[source].threshold_source : null,
+    }));
   }
-  cards[0].querySelector(".name").textContent = `${target} (target)`;
   $("attack-verdicts").replaceChildren(...cards);
   const psnr = body.psnr === null ? "∞" : `${body.psnr.toFixed(1)} dB`;
+  let outcome = body.success ? "Success: the target's verdict flipped" : "No flip: the target's verdict held";
+  if (body.defense) {
+    const d = body.defense;
+    outcome += ` through ${d.purifier} (${d.resubmissions} purified resubmission(s), ${pct(d.success_rate)} fooled; `
+      + `${d.bare_success ? "fools" : "does not fool"} the bare detector)`;
+  }
   $("attack-summary").textContent =
-    `${body.success ? "Success: the target's verdict flipped" : "No flip: the target's verdict held"} · ` +
-    `L∞ ${body.linf.toFixed(4)} (${(255 * body.linf).toFixed(1)} / 255) · L2 ${body.l2.toFixed(3)} · PSNR ${psnr} · ` +
+    `${outcome} · L∞ ${body.linf.toFixed(4)} (${(255 * body.linf).toFixed(1)} / 255) · L2 ${body.l2.toFixed(3)} · PSNR ${psnr} · ` +
     `${body.iterations} iteration(s) · judged on the delivered ${ext.toUpperCase()} file`;
   $("attack-result").hidden = false;
-}
-
-function syncAttackFields() {
-  $("eps-field").hidden = $("attack-method").value === "cw_l2";
 }
 
 // ---- 4. purify ------------------------------------------------------------------------------------------
@@ -321,63 +580,81 @@ function purifyInput() {
 async function purify(event) {
   event.preventDefault();
   clearError();
+  const epoch = state.epoch;
   const input = purifyInput();
-  const method = $("purify-method").value;
   const form = new FormData();
   form.append("file", input.blob, input.name);
-  form.append("method", method);
-  if (method === "dip") {
-    form.append("preset", $("purify-preset").value);
-    if ($("purify-iterations").value) form.append("max_iterations", $("purify-iterations").value);
-  }
-  $("purify-btn").disabled = true;
+  form.append("method", $("purify-method").value);
+  if (cropFaces()) form.append("crop", "faces");
+  appendParams(form, "purify");
+  state.busy.purify = true;
+  syncButtons();
   $("purify-result").hidden = true;
   try {
     const accepted = await (await api("/purify", { method: "POST", body: form })).json();
-    state.purifyJob = accepted.id;
-    $("purify-stop").disabled = false;
-    setProgress($("purify-progress"), 0, "queued");
-    const info = await pollJob(accepted.id, (i) => setProgress(
-      $("purify-progress"), i.progress ? i.progress.fraction : 0, describeProgress(i)));
+    if (epoch !== state.epoch) {
+      api(`/jobs/${accepted.id}`, { method: "DELETE" }).catch(() => {});
+      return;
+    }
+    const info = await followJob("purify", accepted.id, epoch);
     setProgress($("purify-progress"), 1, `finished: ${info.result.iterations ?? ""} steps in ${info.result.seconds.toFixed(1)} s`);
     const png = await (await api(info.result_url)).blob();
+    if (epoch !== state.epoch) return;
     $("purify-input-img").src = input.url;
     showImage($("purify-img"), $("purify-download"), png, "purified.png");
+    // The job's own labels (label_before, label_after): the service cut them, at the threshold it states.
     $("purify-verdicts").replaceChildren(
-      ...Object.entries(info.result.detectors).map(([name, s]) =>
-        verdictCard(name, s.sha256, s.p_fake_before, s.p_fake_after, ["input", "purified"])),
+      ...Object.entries(info.result.detectors).map(([name, s]) => {
+        const threshold = known(s.threshold) ? s.threshold : known(info.result.threshold) ? info.result.threshold : null;
+        const source = s.threshold_source || info.result.threshold_source || null;
+        return verdictCard({
+          name, sha256: s.sha256, bars: [{ caption: "input", p: s.p_fake_before }, { caption: "purified", p: s.p_fake_after }],
+          labels: [s.label_before, s.label_after], threshold, source,
+        });
+      }),
     );
     $("purify-result").hidden = false;
+  } catch (err) {
+    if (!(err instanceof JobEnded)) throw err;
   } finally {
-    state.purifyJob = null;
-    $("purify-stop").disabled = true;
-    $("purify-btn").disabled = false;
+    if (epoch === state.epoch) {
+      state.busy.purify = false;
+      syncButtons();
+    }
   }
-}
-
-async function stopPurify() {
-  if (state.purifyJob) await api(`/jobs/${state.purifyJob}`, { method: "DELETE" });
-}
-
-function syncPurifyFields() {
-  const dip = $("purify-method").value === "dip";
-  for (const node of document.querySelectorAll(".dip-only")) node.hidden = !dip;
 }
 
 // ---- start ----------------------------------------------------------------------------------------------
 
+// The service's detectors and methods; again after an API key is entered.
+async function start() {
+  await Promise.all([loadModels(), loadMethods()]);
+  delete document.body.dataset.auth;
+  document.body.dataset.ready = "true";
+}
+
+function useKey(event) {
+  event.preventDefault();
+  clearError();
+  const key = $("api-key").value.trim();
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  else sessionStorage.removeItem(KEY_STORE);
+  start().then(() => (state.original ? detect() : null)).catch(showError);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpDrop();
+  $("api-key").value = apiKey();
+  $("key-form").addEventListener("submit", useKey);
   $("demo-btn").addEventListener("click", () => useDemo().catch(showError));
   $("detect-btn").addEventListener("click", () => { clearError(); detect().catch(showError); });
+  $("crop-faces").addEventListener("change", () => { clearError(); detect().catch(showError); });
   $("attack-form").addEventListener("submit", (e) => attack(e).catch(showError));
-  $("attack-method").addEventListener("change", syncAttackFields);
+  $("attack-method").addEventListener("change", () => syncParams("attack"));
+  $("attack-stop").addEventListener("click", () => stopJob("attack").catch(showError));
   $("purify-form").addEventListener("submit", (e) => purify(e).catch(showError));
-  $("purify-method").addEventListener("change", syncPurifyFields);
-  $("purify-stop").addEventListener("click", () => stopPurify().catch(showError));
-  syncAttackFields();
-  syncPurifyFields();
-  loadModels()
-    .then(() => { document.body.dataset.ready = "true"; })
-    .catch(showError);
+  $("purify-method").addEventListener("change", () => syncParams("purify"));
+  $("purify-stop").addEventListener("click", () => stopJob("purify").catch(showError));
+  syncButtons();
+  start().catch(showError);
 });
