@@ -243,7 +243,8 @@ def train_detector(
 
     ``evaluate_fn(detector) -> metrics`` replaces the validation pass (tests inject one); by default it is
     ``evaluate(detector, val_set)``. One of ``val_set``/``evaluate_fn`` is required: there is no
-    selection without held-out data, and the test split must never be it.
+    selection without held-out data, and the test split must never be it. The sets hold images fitted to the
+    detector's input already (``models.facecrop.folder_for``): the detector scores them through ``prefitted()``.
     """
     if evaluate_fn is None:
         if val_set is None:
@@ -251,7 +252,9 @@ def train_detector(
         held_out = val_set
 
         def evaluate_fn(d: Detector) -> dict[str, Any]:
-            return evaluate(d, held_out, batch_size=max(config.batch_size, 128), device=device, workers=workers)
+            return evaluate(
+                d.prefitted(), held_out, batch_size=max(config.batch_size, 128), device=device, workers=workers
+            )
 
     detector.to(device)
     gen = torch.Generator().manual_seed(config.seed)
@@ -265,6 +268,7 @@ def train_detector(
         persistent_workers=workers > 0,
     )
     opt = _optimizer(detector, config)
+    fitted = detector.prefitted()  # same parameters: training it trains the detector
     steps_per_epoch = len(loader)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if config.schedule == "cosine" else None
@@ -287,7 +291,7 @@ def train_detector(
             regularised = config.lipschitz_lambda > 0
             if regularised:
                 x = x.detach().requires_grad_(True)
-            logits = detector(x)
+            logits = fitted(x)
             ce = F.cross_entropy(logits, y)
             loss = ce
             if regularised:

@@ -267,11 +267,15 @@ function paramField(kind, p) {
       if (c === p.default) option.selected = true;
       input.append(option);
     }
+  } else if (p.type === "float") {
+    // Text, not a number field: budgets are written as fractions (8/255), which the API takes as they are.
+    input = el("input", { id, type: "text", inputmode: "decimal", "data-param": p.name, placeholder: placeholder(p),
+                          pattern: "\\s*[0-9.eE+-]+\\s*(/\\s*[0-9.eE+-]+\\s*)?" });
   } else {
     input = el("input", { id, type: "number", "data-param": p.name, placeholder: placeholder(p) });
     if (known(p.minimum)) input.min = String(p.minimum);
     if (known(p.maximum)) input.max = String(p.maximum);
-    input.step = p.type === "int" ? "1" : "any";
+    input.step = "1";
   }
   return el("label", { title: p.description }, `${p.name}`, input);
 }

@@ -162,7 +162,7 @@ def _train_one(args: argparse.Namespace, lipschitz_lambda: float, out: str) -> i
         detector, train_set, val_set, config, device=device, workers=args.workers, progress=progress, on_epoch=on_epoch
     )
     train_seconds = time.perf_counter() - started
-    test = evaluate(result.detector, test_set, device=device, workers=args.workers)
+    test = evaluate(result.detector.prefitted(), test_set, device=device, workers=args.workers)
     print(
         f"chosen epoch {result.best_epoch} (val acc {result.best_val['accuracy']:.4f}); test acc "
         f"{test['accuracy']:.4f} auroc {test['auroc']} precision {test['precision']} recall {test['recall']}"

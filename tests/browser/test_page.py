@@ -200,7 +200,7 @@ def test_detect_attack_purify_at_desktop_width(browser: Any, service: str) -> No
     assert "p_fake ≥ 0.5000 (the default: no calibrated threshold)" in page.inner_text("#verdicts")
 
     page.select_option("#attack-method", "fgsm")
-    page.fill("#attack-param-eps", "0.03")
+    page.fill("#attack-param-eps", "8/255")
     page.select_option("#attack-target", "demo-resnet18")
     page.click("#attack-btn")
     page.wait_for_selector("#attack-result:not([hidden])")
