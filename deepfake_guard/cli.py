@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "deepfake_guard.commands.robustness",
         "robust accuracy under the two-class standard suite (APGD-CE + FAB + Square), RobustBench-shaped JSON",
     ),
+    "audit": (
+        "deepfake_guard.commands.audit",
+        "a detector owner's robustness audit of a data set: clean, laundering, attacks, sanity flags, HTML report",
+    ),
     "evaluate": (
         "deepfake_guard.commands.evaluate",
         "regenerate the paper's tables: clean, attacks, Lipschitz detectors, DIP",

@@ -102,13 +102,12 @@ def _calibration(
         p_val = val.p_fake(m, batch_size=config.batch_size, device=device)
         p_test = test.p_fake(m, batch_size=config.batch_size, device=device)
         labels, test_labels = val.for_member(m).labels, test.for_member(m).labels
+        fpr, tpr, _ = roc_curve(p_test, test_labels)
+        curves[m.name] = (fpr, tpr)
         try:
             out[m.name] = calibrate(p_val, labels, p_test, test_labels, target_fpr=config.target_fpr)
         except ValueError as exc:  # too few reals in val/ for the target FPR: said, not fitted
             notes.append(f"calibration of {m.name} skipped: {exc}")
-            continue
-        fpr, tpr, _ = roc_curve(p_test, test_labels)
-        curves[m.name] = (fpr, tpr)
     return out, (str(roc_png(curves, out_dir / "roc.png")) if curves else None)
 
 

@@ -1,0 +1,96 @@
+"""Audit profiles: which threats an audit runs, with which budgets (docs/AUDIT.md, "Profiles"). Every budget can be
+overridden, and the record states the ones used."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from models.audit.threats import get
+
+#: The L-inf budgets of the white-box curve (pixel units).
+QUICK_EPS = (2 / 255, 4 / 255, 8 / 255)
+STANDARD_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+#: EOT samples per step of an adaptive attack through a randomised defence: AutoAttack's version for randomised
+#: models ("rand") averages 20 (Croce & Hein 2020); the quick profile's 2 is only a smoke test, and says so.
+EOT_RANDOMIZED = {"quick": 2, "standard": 20}
+
+
+def eps_text(value: float) -> str:
+    """8/255 for 0.0313..., as RobustBench writes budgets; a plain number when no small denominator fits."""
+    frac = Fraction(value).limit_denominator(1000)
+    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-9 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Threat:
+    """One row of an audit: a declared threat with resolved parameters."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, name: str, given: Mapping[str, Any] | None = None) -> Threat:
+        resolved = get(name).resolve(given or {})
+        return cls(name, tuple(sorted(resolved.items())))
+
+    @property
+    def spec(self) -> Any:
+        return get(self.name)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def id(self) -> str:
+        """A stable name: ``jpeg(quality=75)``, ``linf_suite(budget=quick, eps=8/255)``."""
+        parts = [f"{k}={eps_text(v) if k == 'eps' else v}" for k, v in self.params]
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        out = {"id": self.id, "name": self.name, "family": spec.family, "description": spec.description,
+               "params": self.kwargs}  # fmt: skip
+        if "eps" in out["params"]:
+            out["eps_text"] = eps_text(out["params"]["eps"])
+        return out
+
+
+PROFILES = ("quick", "standard")
+
+
+def threats_for(
+    profile: str,
+    *,
+    sources: Sequence[str] = (),
+    defense: bool = False,
+    eps: Sequence[float] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Threat]:
+    """The threats of ``profile``; transfer rows for each of ``sources``; the adaptive row when a ``defense`` is given.
+    ``eps`` replaces the white-box curve's budgets; ``overrides`` (threat name -> parameters) any threat's."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
+    quick = profile == "quick"
+    over = {k: dict(v) for k, v in (overrides or {}).items()}
+    for name in over:
+        get(name)  # a typo names the choices
+    budget = "quick" if quick else "standard"
+    curve = tuple(eps) if eps else (QUICK_EPS if quick else STANDARD_EPS)
+    rows: list[tuple[str, dict[str, Any]]] = [("clean", {}), ("sanity", {})]
+    for q in (90, 75, 50) if quick else (95, 90, 75, 50, 30):
+        rows.append(("jpeg", {"quality": q}))
+    rows += [("rescale", {"factor": 0.5}), ("blur", {"sigma": 1.0}), ("noise", {"sigma": 0.02}), ("shared_online", {})]
+    rows += [("linf_suite", {"eps": e, "budget": budget}) for e in curve]
+    rows.append(("eot_pgd", {"eps": 4 / 255, "steps": 10 if quick else 50, "eot": 4 if quick else 16}))
+    rows += [("transfer", {"source": s, "eps": 8 / 255, "steps": 10 if quick else 50}) for s in sources]
+    if defense:
+        rows.append(("through_defense", {"eps": 4 / 255, "steps": 10 if quick else 50}))
+    threats = []
+    for name, params in rows:
+        merged = {**params, **{k: v for k, v in over.get(name, {}).items() if name != "linf_suite" or k != "eps"}}
+        threats.append(Threat.of(name, merged))
+    return threats
