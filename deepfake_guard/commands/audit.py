@@ -37,6 +37,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="the audit's seed (every shard's seed derives from it)")
     p.add_argument("--shard-size", type=positive_int, default=16, help="images per shard")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's own)")
     add_defense_arguments(p)
 
 
@@ -69,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from models.evaluation.run import environment
     from models.images import encode_png
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
         loaded = checkpoint.load(args.checkpoint, map_location=device)
