@@ -27,6 +27,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.images import ImageError
+
 FIT_MODES: tuple[str, ...] = ("resize", "center-crop", "short-side-crop")
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
 #: ``short-side-crop`` scales the longer side in proportion: a 16 x 100,000 strip would become a ~1.6 Gpx
@@ -34,8 +36,9 @@ INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
 MAX_ASPECT = 64
 
 
-class FittingError(ValueError):
-    """An image this fitting cannot bring to the detector's input (a strip too long for ``short-side-crop``)."""
+class FittingError(ImageError):
+    """An image this fitting cannot bring to the detector's input (a strip too long for ``short-side-crop``): an image
+    the service refuses (422), as it refuses other images it cannot take."""
 
 
 @dataclass(frozen=True)

@@ -178,10 +178,21 @@ def test_the_same_file_gives_the_same_p_fake_on_every_path(
             assert abs(p_ev - expected[name][path.name]) <= TOL, ("evaluate", name, path.name)
 
 
-def test_a_strip_too_long_for_short_side_crop_is_refused_by_name() -> None:
+def test_a_strip_too_long_for_short_side_crop_is_refused_by_name(tmp_path: Path, redis_url: str) -> None:
     det = registry.get(ARCH).build(input_size=(32, 32), resize="short-side-crop", resize_short=36)
     with pytest.raises(ValueError, match="more than 64 times longer than wide"):
         det(torch.rand(1, 3, 16, 16 * 65))
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from core.settings import Settings
+
+    make_detector(tmp_path, "strip", seed=0, size=32, resize="short-side-crop", short=36, interp="bilinear")
+    settings = Settings(checkpoints_dir=tmp_path, redis_url=redis_url, device="cpu")  # type: ignore[arg-type]
+    strip = files.encode(_photo(16 * 65, 16, 0), "PNG")
+    with TestClient(create_app(settings)) as client:
+        resp = client.post("/detect", files={"file": ("strip.png", strip)})
+        assert resp.status_code == 422 and "more than 64 times longer" in resp.json()["detail"], resp.text
 
 
 def test_older_checkpoints_keep_their_meaning(tmp_path: Path) -> None:
