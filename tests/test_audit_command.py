@@ -51,7 +51,7 @@ def test_bad_input_is_an_error_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(tmp_path / "empty")]) == 2
     assert "needs a fake/ or a real/ folder" in capsys.readouterr().out
     data = write_folder(tmp_path / "data", n=1)
-    assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--set", "jpeg.q=3"]) == 2
+    assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--set", "resave_jpeg.q=3"]) == 2
     assert "takes ['quality']" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--shard-size", "0"])

@@ -82,7 +82,7 @@ def threats_for(
     curve = tuple(eps) if eps else (QUICK_EPS if quick else STANDARD_EPS)
     rows: list[tuple[str, dict[str, Any]]] = [("clean", {}), ("sanity", {})]
     for q in (90, 75, 50) if quick else (95, 90, 75, 50, 30):
-        rows.append(("jpeg", {"quality": q}))
+        rows.append(("resave_jpeg", {"quality": q}))
     rows += [("rescale", {"factor": 0.5}), ("blur", {"sigma": 1.0}), ("noise", {"sigma": 0.02}), ("shared_online", {})]
     rows += [("linf_suite", {"eps": e, "budget": budget}) for e in curve]
     rows.append(("eot_pgd", {"eps": 4 / 255, "steps": 10 if quick else 50, "eot": 4 if quick else 16}))

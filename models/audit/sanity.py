@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from models.attacks.adaptive import Defense
+from models.attacks.square import SQUARE
 from models.detector import FAKE_INDEX
 
 #: Forward passes that differ by more than this are random; float noise between two identical passes is far below it.
@@ -43,7 +44,7 @@ def flags(
     curve = sorted((t for t in threats if t.name == "linf_suite"), key=lambda t: t.kwargs["eps"])
     square = 0
     for t in curve:
-        square += sum(1 for d in per_threat[t.id]["details"] if d.get("fooled_by") == "square")
+        square += sum(1 for d in per_threat[t.id]["details"] if d.get("fooled_by") == SQUARE.name)
     if square:
         why = f"Square fooled {square} image(s) that APGD-CE and FAB did not (over all budgets)"
         out.append(_flag("black_box_beats_white_box", square, why))

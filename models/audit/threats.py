@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from models.attacks.adaptive import Defense
 from models.attacks.measure import attack_and_measure
+from models.attacks.pgd import PGD
 from models.audit import launder
 from models.detector import FAKE_INDEX, Detector, at_threshold
 from models.evaluation.robustness import BUDGETS, SUITE
@@ -189,7 +190,7 @@ def _laundering(transform: Callable[[Tensor, Mapping[str, Any], torch.Generator]
 
 
 JPEG = register(ThreatSpec(
-    "jpeg", "laundering", "re-saved as JPEG",
+    "resave_jpeg", "laundering", "re-saved as JPEG",
     _laundering(lambda x, p, g: launder.jpeg(x, p["quality"])),
     (Param("quality", int, "JPEG quality", default=75, low=1, high=95),),
 ))  # fmt: skip
@@ -270,7 +271,7 @@ def _pgd_reports(model: nn.Module, target: AuditTarget, x: Tensor, y: Tensor, pa
                  threshold: float) -> list[Any]:  # fmt: skip
     gen = torch.Generator(device=x.device).manual_seed(seed)
     return attack_and_measure(
-        "pgd", model, x, params={"eps": params["eps"], "steps": params["steps"]}, y=y, generator=gen,
+        PGD.name, model, x, params={"eps": params["eps"], "steps": params["steps"]}, y=y, generator=gen,
         threshold=threshold,
     )  # fmt: skip
 
@@ -284,10 +285,7 @@ def _eot_pgd(target: AuditTarget, shard: Shard, params: Mapping[str, Any]) -> Ju
     eot = launder.LaunderingEOT(at_threshold(view, target.threshold), samples=params["eot"],
                                 generator=_generator(shard.seed))  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(shard.seed)
-    from models.attacks import registry
-
-    pgd = registry.get("pgd")
-    crafted = pgd.run(eot, x, y, pgd.resolve({"eps": params["eps"], "steps": params["steps"]}), generator=gen).adv
+    crafted = PGD.run(eot, x, y, PGD.resolve({"eps": params["eps"], "steps": params["steps"]}), generator=gen).adv
     delivered = [launder.quantize_8bit(a) for a in crafted.detach()]
     laundered = [launder.shared_online(a, HELD_OUT_FACTOR, HELD_OUT_QUALITY) for a in delivered]
     p_bare = _p_fake(view, torch.stack(delivered).to(device)).tolist()
@@ -318,7 +316,7 @@ def _transfer(target: AuditTarget, shard: Shard, params: Mapping[str, Any]) -> J
         xi, yi = x[None].to(device), shard.labels[i : i + 1].to(device)
         gen = torch.Generator(device=device).manual_seed(shard.seed + i)
         crafted = attack_and_measure(
-            "pgd", target.detector, xi, source=src, params={"eps": params["eps"], "steps": params["steps"]}, y=yi,
+            PGD.name, target.detector, xi, source=src, params={"eps": params["eps"], "steps": params["steps"]}, y=yi,
             generator=gen, threshold=target.threshold, source_threshold=src_threshold,
         )[0]  # fmt: skip
         p.append(crafted.p_fake_after)
@@ -342,7 +340,7 @@ def _through_defense(target: AuditTarget, shard: Shard, params: Mapping[str, Any
     x, y = shard.fitted.to(device), shard.labels.to(device)
     gen = torch.Generator(device=device).manual_seed(shard.seed)
     reports = attack_and_measure(
-        "pgd", view, x, params={"eps": params["eps"], "steps": params["steps"]}, y=y, generator=gen,
+        PGD.name, view, x, params={"eps": params["eps"], "steps": params["steps"]}, y=y, generator=gen,
         defense=target.defense, threshold=target.threshold,
     )  # fmt: skip
     p, details = [], []

@@ -67,14 +67,14 @@ def test_the_bootstrap_interval_brackets_the_auroc() -> None:
 def test_threats_refuse_what_they_cannot_mean() -> None:
     with pytest.raises(ValueError, match="unknown threat 'jpg'; choose one of"):
         get("jpg")
-    with pytest.raises(ValueError, match=r"jpeg.quality"):
-        Threat.of("jpeg", {"quality": 0})
+    with pytest.raises(ValueError, match=r"resave_jpeg.quality"):
+        Threat.of("resave_jpeg", {"quality": 0})
     with pytest.raises(ValueError, match="takes"):
         Threat.of("blur", {"radius": 2})
     with pytest.raises(ValueError, match="needs a source"):
         Threat.of("transfer", {})
     ids = [t.id for t in threats_for("quick")]
-    assert "linf_suite(budget=quick, eps=8/255)" in ids and "jpeg(quality=75)" in ids
+    assert "linf_suite(budget=quick, eps=8/255)" in ids and "resave_jpeg(quality=75)" in ids
 
 
 class Dropout(nn.Module):
@@ -137,7 +137,7 @@ def test_the_record_does_not_depend_on_the_order_shards_run_in(tmp_path: Path) -
 def test_fakes_only_give_evasion_rates_and_no_auroc(tmp_path: Path) -> None:
     data = AuditData.from_folder(write_folder(tmp_path, n=3, reals=False))
     det = tiny_detector()
-    threats = [Threat.of("clean"), Threat.of("jpeg", {"quality": 50})]
+    threats = [Threat.of("clean"), Threat.of("resave_jpeg", {"quality": 50})]
     record = assemble(target_of(det), data, threats, run_audit(target_of(det), data, threats), meta={}, seed=0)
     clean = record["threats"][0]["metrics"]
     assert clean["evasion"]["n"] == 3 and clean["false_alarms"] == {"k": 0, "n": 0, "rate": None, "ci95": None}
