@@ -64,11 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from models.attacks.adaptive import resolve_defense
     from models.audit import report
     from models.audit.profiles import EOT_RANDOMIZED, threats_for
-    from models.audit.runner import AuditData, assemble, run_audit
+    from models.audit.runner import AuditData, assemble, original_png, run_audit
     from models.audit.threats import AuditTarget
     from models.devices import resolve_device
     from models.evaluation.run import environment
-    from models.images import encode_png
 
     if args.threads is not None:
         import torch
@@ -129,16 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "environment": environment(device),
     }
     record = assemble(target, data, threats, results, meta=meta, seed=args.seed, shard_size=args.shard_size)
-    gallery: dict[str, dict[str, str]] = {}
-    for key, result in results.items():
-        if result["gallery"]:
-            gallery.setdefault(key.rsplit("@", 1)[0], {}).update(result["gallery"])
-
-    def original(index: int) -> bytes:
-        x = data.native(index)[None].to(device)
-        return encode_png(detector.fitting.apply(x)[0].clamp(0, 1).cpu())
-
-    paths = report.write_all(record, gallery, original, args.out)
+    paths = report.write_all(record, report.gallery_of(results), original_png(target, data), args.out)
     print(record["summary"])
     if record["unreliable"]:
         print("unreliable: " + "; ".join(f["reason"] for f in record["sanity"]["flags"]))
