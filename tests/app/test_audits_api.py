@@ -41,7 +41,9 @@ def post(c: TestClient, body: bytes, headers: dict[str, str] | None = None, **da
 
 
 @pytest.fixture
-def client(tiny_checkpoints: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(
+    tiny_checkpoints: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
     monkeypatch.chdir(tmp_path)  # anything written relative to the working folder would land here
     with make_client(tiny_checkpoints, redis_url, **SMALL) as c:
         yield c
