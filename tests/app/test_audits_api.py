@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
+from core import audits
 from tests.app.test_api import assert_problem, make_client
 from tests.workers.test_audit_jobs import data_zip
 
@@ -170,3 +171,18 @@ def test_an_audit_belongs_to_the_key_that_made_it(tiny_checkpoints: Path, redis_
         assert c.get(f"/jobs/{shard}", headers=A).status_code == 200
         assert c.get(f"/jobs/{shard}", headers=B).status_code == 404
         assert c.get(location, headers=A).json()["status"] == "queued"  # B's DELETE did nothing
+
+
+def test_a_poll_queues_the_assembly_a_dead_worker_did_not(client: TestClient, redis_url: str) -> None:
+    resp = post(client, data_zip(1, 1))
+    audit_id = resp.json()["id"]
+    conn = Redis.from_url(redis_url)
+    spec = audits.load_spec(conn, audit_id)
+    assert spec is not None
+    for _, key in spec.shards:  # every result stored, as by workers that then died before queueing the assembly
+        conn.sadd(audits.done_key(audit_id), key)
+    for _ in range(2):
+        info = client.get(f"/audits/{audit_id}").json()
+        assert info["status"] == "started" and info["done"] == info["total"]
+    queued = [j.decode() for j in conn.lrange("rq:queue:deepfake-guard", 0, -1)]
+    assert queued.count(audits.assembly_job_id(audit_id)) == 1

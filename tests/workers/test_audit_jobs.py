@@ -6,10 +6,12 @@ The record must not depend on how many workers shared the audit, nor on a worker
 from __future__ import annotations
 
 import io
+import json
 import math
 import signal
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from rq.job import Job
 from rq.worker import Worker
 
 from core import audits
+from core.audits import AuditSpec
+from core.settings import Settings
+from deepfake_guard.cli import main as cli
 from tests.conftest import Processes, make_tiny_checkpoint, service_env, wait_for
 
 #: Generous: the CI machine is a loaded 2-core box (no timing is asserted).
@@ -106,7 +111,7 @@ def busy_worker(conn: Redis, names: set[str]) -> str | None:
 
 @pytest.mark.slow
 def test_the_record_is_the_same_with_one_worker_three_and_a_killed_one(
-    processes: Processes, redis_url: str, audit_checkpoints: Path
+    processes: Processes, redis_url: str, audit_checkpoints: Path, tmp_path: Path
 ) -> None:
     env = service_env(redis_url, audit_checkpoints, DFG_HEARTBEAT_S="1", DFG_AUDIT_SHARD_SIZE="4")
     base = processes.api(env)
@@ -121,13 +126,21 @@ def test_the_record_is_the_same_with_one_worker_three_and_a_killed_one(
     assert baseline["data"] == {"n_fake": 6, "n_real": 6, "folder": "data"}
     assert [r["file"] for r in baseline["per_image"]][:2] == ["fake/00.png", "fake/01.png"]
 
+    conn = Redis.from_url(redis_url)
     for name in ("w1", "w2"):
         procs[name] = processes.start([*worker, name], env, "worker")
-    three = start_audit(base, body)
-    wait_finished(base, three)
-    assert_same(record_of(base, three), baseline)
-    conn = Redis.from_url(redis_url)
-    ran_on = {Job.fetch(j, connection=conn).worker_name for j, _ in audits.load_spec(conn, three).shards}  # type: ignore[union-attr]
+    wait_for(lambda: {"w1", "w2"} <= {w.name for w in Worker.all(connection=conn)}, 120, "two more workers")
+    # The command line's --queue: the folder zipped, sent, polled, and the same three files written.
+    folder, out = tmp_path / "data", tmp_path / "out"
+    zipfile.ZipFile(io.BytesIO(body)).extractall(tmp_path)
+    assert cli(["audit", "tiny-vgg", str(folder), "--queue", base, "--eps", "8/255", "--out", str(out)]) == 0
+    three = json.loads((out / "report.json").read_text())
+    three.pop("environment")
+    assert_same(three, baseline)
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.html", "per_image.csv"}
+    specs = [audits.load_spec(conn, k.decode().split(":")[2]) for k in conn.scan_iter("dfg:audit:*:spec")]
+    spec = max((s for s in specs if s is not None), key=lambda s: s.created_at)  # the command line's
+    ran_on = {Job.fetch(j, connection=conn).worker_name for j, _ in spec.shards}
     assert len({n.removesuffix("-fast") for n in ran_on if n}) >= 2, ran_on  # the workers did share it
 
     killed = start_audit(base, body)
@@ -142,3 +155,15 @@ def test_the_record_is_the_same_with_one_worker_three_and_a_killed_one(
     assert max(attempts) >= 2, attempts  # the killed worker's shard ran again elsewhere
     for name in ("report.html", "per_image.csv"):
         assert httpx.get(f"{base}/audits/{killed}/{name}", timeout=30).status_code == 200
+
+
+def test_exactly_one_stored_shard_completes_the_set_however_they_interleave(redis_url: str) -> None:
+    conn = Redis.from_url(redis_url)
+    keys = [f"clean@{i}" for i in range(40)]
+    spec = AuditSpec(id="a" * 32, owner="public", model="m", profile="quick", dataset="d", items=(),
+                     shards=tuple((f"job{i}", k) for i, k in enumerate(keys)))  # fmt: skip
+    settings = Settings(redis_url=redis_url)
+    with ThreadPoolExecutor(8) as pool:  # every shard twice (a retry after its worker died), all at once
+        completes = list(pool.map(lambda k: audits.record_shard(conn, settings, spec, k, {"k": k}), keys * 2))
+    assert sum(completes) == 1
+    assert conn.scard(audits.done_key(spec.id)) == 40 and conn.hlen(audits.results_key(spec.id)) == 40
