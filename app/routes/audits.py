@@ -83,7 +83,7 @@ async def create_audit(
     "/audits/{audit_id}",
     response_model=AuditInfo,
     summary="An audit's status, progress per threat and ETA",
-    responses=problem_responses(404, 503),
+    responses=problem_responses(404, 422, 503),
 )
 def get_audit(
     audit_id: str, owner: Owner, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
@@ -95,7 +95,7 @@ def get_audit(
     "/audits/{audit_id}",
     response_model=AuditInfo,
     summary="Stop an audit: queued shards are canceled, running ones' results dropped",
-    responses=problem_responses(404, 503),
+    responses=problem_responses(404, 422, 503),
 )
 def delete_audit(
     audit_id: str, owner: Owner, settings: Settings = Depends(get_app_settings), conn: Redis = Depends(get_redis)
@@ -113,7 +113,7 @@ def _report_route(name: str, media_type: str) -> None:
     router.add_api_route(
         f"/audits/{{audit_id}}/{name}", get_report, methods=["GET"], response_class=Response,
         summary=f"A finished audit's {name}", name=f"audit_{name.replace('.', '_')}",
-        responses={200: {"content": {media_type: {}}}, **problem_responses(404, 503)},
+        responses={200: {"content": {media_type: {}}}, **problem_responses(404, 422, 503)},
     )  # fmt: skip
 
 
