@@ -40,6 +40,8 @@ class AuditNotReady(ProblemError):
     title = "Audit report not ready"
 
 
+#: Bytes of images sent to Redis in one round trip.
+STORE_CHUNK_BYTES = 16 << 20
 _AUDIT_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -72,10 +74,15 @@ def create(
     )  # fmt: skip
     ttl = settings.audit_ttl_s
     with conn.pipeline(transaction=False) as pipe:
+        buffered = 0
         for i, body in enumerate(upload.files):
             pipe.hset(audits.images_key(audit_id), str(i), body)
-        pipe.expire(audits.images_key(audit_id), ttl)
-        pipe.set(audits.spec_key(audit_id), spec.to_json(), ex=ttl)
+            pipe.expire(audits.images_key(audit_id), ttl)
+            buffered += len(body)
+            if buffered >= STORE_CHUNK_BYTES:  # a 200 MB data set is sent in parts, not copied whole once more
+                pipe.execute()
+                buffered = 0
+        pipe.set(audits.spec_key(audit_id), spec.to_json(), ex=ttl)  # last: a spec's images are all there
         pipe.execute()
     options = audits.job_options(settings)
     meta = {"kind": "audit-shard", "owner": owner, "audit": audit_id, "attempts": 0}

@@ -99,6 +99,8 @@ def assemble(audit_id: str) -> dict[str, Any]:
     ctx, job = context.get(), _current_job()
     _begin(ctx, job)
     spec = _spec(ctx.conn, audit_id)
+    if audits.is_stopped(ctx.conn, audit_id):  # stopped after its last shard queued this job
+        return {"audit": audit_id, "skipped": "the audit was stopped"}
     s = _setup(ctx, spec)
     raw = cast(dict[bytes, bytes], ctx.conn.hgetall(audits.results_key(audit_id)))
     results = {k.decode(): json.loads(v) for k, v in raw.items()}

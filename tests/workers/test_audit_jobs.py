@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,6 +30,7 @@ from core.settings import Settings
 from deepfake_guard.cli import main as cli
 from tests.conftest import Processes, make_tiny_checkpoint, service_env, wait_for
 
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "audit.schema.json"
 #: Generous: the CI machine is a loaded 2-core box (no timing is asserted).
 AUDIT_DEADLINE_S = 420
 
@@ -72,6 +74,7 @@ def record_of(base: str, audit_id: str) -> dict[str, Any]:
     r = httpx.get(f"{base}/audits/{audit_id}/report.json", timeout=30)
     assert r.status_code == 200, r.text
     record = r.json()
+    jsonschema.validate(record, json.loads(SCHEMA.read_text()))
     record.pop("environment")
     return dict(record)
 
