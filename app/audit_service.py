@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import cast
 
 from redis import Redis
-from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 
@@ -57,7 +56,8 @@ def create(
     conn: Redis, settings: Settings, upload: AuditUpload, *, owner: str, model: str, profile: str,
     eps: Sequence[float] | None, threshold: float | None,
 ) -> AuditSpec:  # fmt: skip
-    """Store the images and the spec, then queue every shard (cheap ones on the fast queue, attacks on the slow)."""
+    """Store the images and the spec, then queue the first DFG_AUDIT_QUEUED_SHARDS shards (cheap ones on the fast
+    queue, attacks on the slow); each shard that ends queues the next (``core.audits.feed``)."""
     threats = threats_of(profile, eps)
     waiting = jobs.queued_count(conn, settings)
     if waiting >= settings.max_queue_depth:
@@ -70,7 +70,10 @@ def create(
     spec = AuditSpec(
         id=audit_id, owner=owner, model=model, profile=profile, dataset=upload.dataset, items=upload.items,
         eps=None if eps is None else tuple(eps), threshold=threshold, shard_size=settings.audit_shard_size,
-        shards=tuple((audits.shard_job_id(audit_id, i), p.key) for i, p in enumerate(parts)),
+        shards=tuple(
+            (audits.shard_job_id(audit_id, i), p.key, audits.lane(settings, p.threat.spec.attack))
+            for i, p in enumerate(parts)
+        ),
     )  # fmt: skip
     ttl = settings.audit_ttl_s
     with conn.pipeline(transaction=False) as pipe:
@@ -84,25 +87,11 @@ def create(
                 buffered = 0
         pipe.set(audits.spec_key(audit_id), spec.to_json(), ex=ttl)  # last: a spec's images are all there
         pipe.execute()
-    options = audits.job_options(settings)
-    meta = {"kind": "audit-shard", "owner": owner, "audit": audit_id, "attempts": 0}
-    for lane in sorted({audits.lane(settings, p.threat.spec.attack) for p in parts}):
-        batch = [
-            Queue.prepare_data(
-                audits.SHARD_FUNC,
-                kwargs={"audit_id": audit_id, "shard": p.key},
-                job_id=job_id,
-                timeout=options["job_timeout"],
-                result_ttl=options["result_ttl"],
-                failure_ttl=options["failure_ttl"],
-                retry=options["retry"],
-                meta={**meta, "params": {"shard": p.key}},
-                description=f"audit shard {p.key}",
-            )
-            for (job_id, _), p in zip(spec.shards, parts, strict=True)
-            if audits.lane(settings, p.threat.spec.attack) == lane
-        ]
-        jobs.queue_for(conn, settings, lane).enqueue_many(batch)
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.rpush(audits.pending_key(audit_id), *range(len(parts)))
+        pipe.expire(audits.pending_key(audit_id), ttl)
+        pipe.execute()
+    audits.feed(conn, settings, spec, settings.audit_queued_shards)
     return spec
 
 
@@ -129,11 +118,20 @@ def _state(conn: Redis, settings: Settings, spec: AuditSpec, done: set[str]) -> 
     if conn.exists(audits.report_key(spec.id, "report.json")):
         return "finished", None
     jobs.sweep_abandoned(conn, settings)  # a dead worker's shard goes back to its queue even with no worker left
-    pending = [job_id for job_id, key in spec.shards if key not in done]
-    for job in Job.fetch_many(pending, connection=conn):
-        if job is not None and job.get_status(refresh=False) == JobStatus.FAILED:
+    waiting = {int(i) for i in cast(list[bytes], conn.lrange(audits.pending_key(spec.id), 0, -1))}
+    popped = [i for i, (_, key, _) in enumerate(spec.shards) if key not in done and i not in waiting]
+    in_flight = 0
+    for i, job in zip(popped, Job.fetch_many([spec.shards[i][0] for i in popped], connection=conn), strict=True):
+        if job is None:  # popped from the line by a worker that died before queueing it
+            audits.queue_shard(conn, settings, spec, i)
+            in_flight += 1
+        elif job.get_status(refresh=False) == JobStatus.FAILED:
             return "failed", f"shard {job.kwargs.get('shard')} failed: {_job_error(job)}"
-    if not pending:
+        else:
+            in_flight += 1
+    if waiting and in_flight < settings.audit_queued_shards:  # a worker died between its shard's end and the feed
+        audits.feed(conn, settings, spec, settings.audit_queued_shards - in_flight)
+    if len(done) == len(spec.shards):
         assembly = audits.ensure_assembly(conn, settings, spec)
         if assembly is not None and assembly.get_status(refresh=True) == JobStatus.FAILED:
             return "failed", f"the assembly of the report failed: {_job_error(assembly)}"
@@ -144,7 +142,7 @@ def _state(conn: Redis, settings: Settings, spec: AuditSpec, done: set[str]) -> 
 def describe(conn: Redis, settings: Settings, spec: AuditSpec) -> AuditInfo:
     done = {m.decode() for m in cast(set[bytes], conn.smembers(audits.done_key(spec.id)))}
     status, error = _state(conn, settings, spec, done)
-    totals = Counter(key.rsplit("@", 1)[0] for _, key in spec.shards)
+    totals = Counter(key.rsplit("@", 1)[0] for _, key, _ in spec.shards)
     finished = Counter(key.rsplit("@", 1)[0] for key in done)
     progress = [ThreatProgress(threat=t, done=finished[t], total=n) for t, n in totals.items()]
     elapsed = max(0.0, time.time() - spec.created_at)
@@ -166,7 +164,8 @@ def cancel(conn: Redis, settings: Settings, spec: AuditSpec) -> AuditInfo:
     is one threat on at most ``runner.SHARD_SIZE`` images); no report is assembled. A finished audit stays."""
     if not conn.exists(audits.report_key(spec.id, "report.json")):
         conn.set(audits.stopped_key(spec.id), b"1", ex=settings.audit_ttl_s)
-        ids = [job_id for job_id, _ in spec.shards] + [audits.assembly_job_id(spec.id)]
+        conn.delete(audits.pending_key(spec.id))
+        ids = [job_id for job_id, _, _ in spec.shards] + [audits.assembly_job_id(spec.id)]
         for job in Job.fetch_many(ids, connection=conn):
             if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.DEFERRED):
                 with contextlib.suppress(InvalidJobOperation):

@@ -48,6 +48,11 @@ def done_key(audit_id: str) -> str:
     return f"{PREFIX}:audit:{audit_id}:done"
 
 
+def pending_key(audit_id: str) -> str:
+    """List of the positions (in ``AuditSpec.shards``) of the shards not queued yet, in plan order."""
+    return f"{PREFIX}:audit:{audit_id}:pending"
+
+
 def stopped_key(audit_id: str) -> str:
     """Set by DELETE /audits/{id}: shards not yet run are skipped, results of running ones dropped."""
     return f"{PREFIX}:audit:{audit_id}:stopped"
@@ -85,8 +90,8 @@ class AuditSpec:
     seed: int = 0
     shard_size: int = 16
     created_at: float = field(default_factory=time.time)
-    #: The RQ job id of each shard, in plan order, and its shard key.
-    shards: tuple[tuple[str, str], ...] = ()
+    #: Each shard in plan order (cheap threats first): its RQ job id, its key (``ShardPlan.key``) and its queue.
+    shards: tuple[tuple[str, str, str], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -96,7 +101,7 @@ class AuditSpec:
         data = json.loads(raw)
         data["items"] = tuple((str(n), int(label)) for n, label in data["items"])
         data["eps"] = None if data.get("eps") is None else tuple(float(e) for e in data["eps"])
-        data["shards"] = tuple((str(j), str(k)) for j, k in data.get("shards", ()))
+        data["shards"] = tuple((str(j), str(k), str(q)) for j, k, q in data.get("shards", ()))
         return cls(**data)
 
 
@@ -139,6 +144,34 @@ def job_options(settings: Settings) -> dict[str, Any]:
         "failure_ttl": settings.failure_ttl_s,
         "retry": Retry(max=settings.job_retries, enqueue_at_front=True) if settings.job_retries > 0 else None,
     }
+
+
+def queue_shard(conn: Redis, settings: Settings, spec: AuditSpec, index: int) -> Job:
+    job_id, key, queue = spec.shards[index]
+    return Queue(queue, connection=conn).enqueue(
+        SHARD_FUNC,
+        kwargs={"audit_id": spec.id, "shard": key},
+        job_id=job_id,
+        meta={"kind": "audit-shard", "owner": spec.owner, "audit": spec.id, "attempts": 0, "params": {"shard": key}},
+        description=f"audit shard {key}",
+        **job_options(settings),
+    )
+
+
+def feed(conn: Redis, settings: Settings, spec: AuditSpec, n: int) -> int:
+    """Queue up to ``n`` more of the audit's shards, in plan order; returns how many.
+
+    An audit keeps at most DFG_AUDIT_QUEUED_SHARDS shards queued or running: each shard that ends queues the next,
+    so a large audit neither fills the queues (DFG_MAX_QUEUE_DEPTH) nor puts a long line of its shards in front of
+    the other jobs. GET /audits/{id} tops the line up if a worker died between popping a shard and queueing it."""
+    queued = 0
+    while queued < n and not is_stopped(conn, spec.id):
+        raw = cast(bytes | None, conn.lpop(pending_key(spec.id)))
+        if raw is None:
+            break
+        queue_shard(conn, settings, spec, int(raw))
+        queued += 1
+    return queued
 
 
 def ensure_assembly(conn: Redis, settings: Settings, spec: AuditSpec) -> Job | None:

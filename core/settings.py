@@ -226,6 +226,12 @@ class Settings(BaseSettings):
     audit_shard_size: int = Field(
         16, ge=1, le=1024, description="Images per audit shard (one RQ job): a dead worker costs at most one shard."
     )
+    audit_queued_shards: int = Field(
+        16,
+        ge=1,
+        description="Shards of one audit queued or running at once; each that ends queues the next, so an audit "
+        "neither fills the queues nor makes other jobs wait behind all of its shards.",
+    )
     audit_ttl_s: int = Field(
         7 * 86_400,
         ge=60,

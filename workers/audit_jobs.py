@@ -91,6 +91,7 @@ def run_shard(audit_id: str, shard: str) -> dict[str, Any]:
         return {"audit": audit_id, "shard": shard, "skipped": "the audit was stopped while this shard ran"}
     if audits.record_shard(ctx.conn, ctx.settings, spec, part.key, result):
         audits.ensure_assembly(ctx.conn, ctx.settings, spec)
+    audits.feed(ctx.conn, ctx.settings, spec, 1)  # the next shard takes this one's place in the queues
     return {"audit": audit_id, "shard": shard, "images": part.stop - part.start}
 
 

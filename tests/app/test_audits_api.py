@@ -179,10 +179,28 @@ def test_a_poll_queues_the_assembly_a_dead_worker_did_not(client: TestClient, re
     conn = Redis.from_url(redis_url)
     spec = audits.load_spec(conn, audit_id)
     assert spec is not None
-    for _, key in spec.shards:  # every result stored, as by workers that then died before queueing the assembly
+    for _, key, _ in spec.shards:  # every result stored, as by workers that then died before queueing the assembly
         conn.sadd(audits.done_key(audit_id), key)
     for _ in range(2):
         info = client.get(f"/audits/{audit_id}").json()
         assert info["status"] == "started" and info["done"] == info["total"]
     queued = [j.decode() for j in conn.lrange("rq:queue:deepfake-guard", 0, -1)]
     assert queued.count(audits.assembly_job_id(audit_id)) == 1
+
+
+def test_an_audit_keeps_only_a_few_shards_queued_and_a_poll_refills_the_line(
+    tiny_checkpoints: Path, redis_url: str
+) -> None:
+    conn = Redis.from_url(redis_url)
+    with make_client(tiny_checkpoints, redis_url, audit_queued_shards=2) as c:
+        accepted = post(c, data_zip(1, 1)).json()
+        queues = ("rq:queue:deepfake-guard", "rq:queue:deepfake-guard-slow")
+        assert sum(conn.llen(q) for q in queues) == 2  # the rest wait in the audit's own line
+        assert conn.llen(audits.pending_key(accepted["id"])) == accepted["shards"] - 2
+        conn.delete(*queues)  # two workers took them and died
+        conn.lpop(audits.pending_key(accepted["id"]))  # and one more was popped by a worker that died at once
+        for name in (audits.shard_job_id(accepted["id"], i) for i in range(2)):
+            conn.delete(f"rq:job:{name}")
+        assert c.get(f"/audits/{accepted['id']}").json()["status"] == "queued"
+        queued = [j.decode() for q in queues for j in conn.lrange(q, 0, -1)]
+        assert sorted(queued) == sorted(audits.shard_job_id(accepted["id"], i) for i in range(3))  # queued again

@@ -143,7 +143,7 @@ def test_the_record_is_the_same_with_one_worker_three_and_a_killed_one(
     assert {p.name for p in out.iterdir()} == {"report.json", "report.html", "per_image.csv"}
     specs = [audits.load_spec(conn, k.decode().split(":")[2]) for k in conn.scan_iter("dfg:audit:*:spec")]
     spec = max((s for s in specs if s is not None), key=lambda s: s.created_at)  # the command line's
-    ran_on = {Job.fetch(j, connection=conn).worker_name for j, _ in spec.shards}
+    ran_on = {Job.fetch(j, connection=conn).worker_name for j, _, _ in spec.shards}
     assert len({n.removesuffix("-fast") for n in ran_on if n}) >= 2, ran_on  # the workers did share it
 
     killed = start_audit(base, body)
@@ -154,7 +154,7 @@ def test_the_record_is_the_same_with_one_worker_three_and_a_killed_one(
     assert_same(record_of(base, killed), baseline)
     spec = audits.load_spec(conn, killed)
     assert spec is not None
-    attempts = [int(Job.fetch(j, connection=conn).meta.get("attempts", 0)) for j, _ in spec.shards]
+    attempts = [int(Job.fetch(j, connection=conn).meta.get("attempts", 0)) for j, _, _ in spec.shards]
     assert max(attempts) >= 2, attempts  # the killed worker's shard ran again elsewhere
     for name in ("report.html", "per_image.csv"):
         assert httpx.get(f"{base}/audits/{killed}/{name}", timeout=30).status_code == 200
@@ -164,7 +164,7 @@ def test_exactly_one_stored_shard_completes_the_set_however_they_interleave(redi
     conn = Redis.from_url(redis_url)
     keys = [f"clean@{i}" for i in range(40)]
     spec = AuditSpec(id="a" * 32, owner="public", model="m", profile="quick", dataset="d", items=(),
-                     shards=tuple((f"job{i}", k) for i, k in enumerate(keys)))  # fmt: skip
+                     shards=tuple((f"job{i}", k, "q") for i, k in enumerate(keys)))  # fmt: skip
     settings = Settings(redis_url=redis_url)
     with ThreadPoolExecutor(8) as pool:  # every shard twice (a retry after its worker died), all at once
         completes = list(pool.map(lambda k: audits.record_shard(conn, settings, spec, k, {"k": k}), keys * 2))
