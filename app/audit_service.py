@@ -126,6 +126,7 @@ def _state(conn: Redis, settings: Settings, spec: AuditSpec, done: set[str]) -> 
             audits.queue_shard(conn, settings, spec, i)
             in_flight += 1
         elif job.get_status(refresh=False) == JobStatus.FAILED:
+            conn.delete(audits.pending_key(spec.id))  # no report can come: queue no more of its shards
             return "failed", f"shard {job.kwargs.get('shard')} failed: {_job_error(job)}"
         else:
             in_flight += 1
