@@ -120,7 +120,7 @@ def _state(conn: Redis, settings: Settings, spec: AuditSpec, done: set[str]) -> 
     jobs.sweep_abandoned(conn, settings)  # a dead worker's shard goes back to its queue even with no worker left
     waiting = {int(i) for i in cast(list[bytes], conn.lrange(audits.pending_key(spec.id), 0, -1))}
     popped = [i for i, (_, key, _) in enumerate(spec.shards) if key not in done and i not in waiting]
-    in_flight = 0
+    in_flight, running = 0, False
     for i, job in zip(popped, Job.fetch_many([spec.shards[i][0] for i in popped], connection=conn), strict=True):
         if job is None:  # popped from the line by a worker that died before queueing it
             audits.queue_shard(conn, settings, spec, i)
@@ -130,6 +130,7 @@ def _state(conn: Redis, settings: Settings, spec: AuditSpec, done: set[str]) -> 
             return "failed", f"shard {job.kwargs.get('shard')} failed: {_job_error(job)}"
         else:
             in_flight += 1
+            running = running or job.get_status(refresh=False) == JobStatus.STARTED
     if waiting and in_flight < settings.audit_queued_shards:  # a worker died between its shard's end and the feed
         audits.feed(conn, settings, spec, settings.audit_queued_shards - in_flight)
     if len(done) == len(spec.shards):
@@ -137,7 +138,7 @@ def _state(conn: Redis, settings: Settings, spec: AuditSpec, done: set[str]) -> 
         if assembly is not None and assembly.get_status(refresh=True) == JobStatus.FAILED:
             return "failed", f"the assembly of the report failed: {_job_error(assembly)}"
         return "started", None
-    return ("started" if done else "queued"), None
+    return ("started" if done or running else "queued"), None
 
 
 def describe(conn: Redis, settings: Settings, spec: AuditSpec) -> AuditInfo:

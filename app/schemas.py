@@ -272,7 +272,7 @@ class ThreatProgress(BaseModel):
 class AuditInfo(BaseModel):
     id: str
     status: Literal["queued", "started", "finished", "failed", "stopped"] = Field(
-        description="queued: no shard has ended; started: some have; finished: the report is ready; failed: a shard "
+        description="queued: no shard has started; started: some have; finished: the report is ready; failed: a shard "
         "or the assembly failed for good (`error` says why); stopped: DELETE /audits/{id}."
     )
     model: str
