@@ -5,9 +5,13 @@ route can look at it, so without this a 500 MB upload was written to disk in ful
 Here a declared Content-Length above the limit is refused before any byte is read, and a chunked body is
 counted as it arrives: once it passes the limit the app is told the client went away (it stops parsing) and the
 client gets 413 problem+json instead of whatever the app answers to that.
+
+One route may take more than DFG_MAX_UPLOAD_BYTES: ``POST /audits``, a zip of a data set (DFG_AUDIT_MAX_BYTES).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,15 +20,25 @@ from app.errors import problem_at
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, upload_bytes: int, allowance_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, upload_bytes: int, allowance_bytes: int,
+        route_bytes: Mapping[tuple[str, str], tuple[int, str]] | None = None,
+    ) -> None:  # fmt: skip
         self.app, self.upload_bytes = app, upload_bytes
         self.allowance_bytes, self.max_bytes = allowance_bytes, upload_bytes + allowance_bytes
+        #: (method, path) -> (upload bytes, the setting's name) of the routes with a limit of their own.
+        self.route_bytes = dict(route_bytes or {})
+
+    def _limits(self, scope: Scope) -> tuple[int, str]:
+        return self.route_bytes.get((str(scope.get("method", "")), str(scope["path"])),
+                                    (self.upload_bytes, "DFG_MAX_UPLOAD_BYTES"))  # fmt: skip
 
     def _too_large(self, scope: Scope, seen: str) -> ASGIApp:
+        upload, setting = self._limits(scope)
         return problem_at(
             413, "Request body too large",
-            f"the request body {seen} the limit of {self.max_bytes} bytes: uploads of up to {self.upload_bytes} "
-            f"bytes (DFG_MAX_UPLOAD_BYTES) plus {self.allowance_bytes} for the form (DFG_FORM_ALLOWANCE_BYTES)",
+            f"the request body {seen} the limit of {upload + self.allowance_bytes} bytes: uploads of up to {upload} "
+            f"bytes ({setting}) plus {self.allowance_bytes} for the form (DFG_FORM_ALLOWANCE_BYTES)",
             str(scope["path"]), {"Connection": "close"},
         )  # fmt: skip
 
@@ -32,8 +46,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self._limits(scope)[0] + self.allowance_bytes
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await self._too_large(scope, f"declares {int(declared)} bytes, above")(scope, receive, send)
             return
         received = 0
@@ -47,7 +62,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     overflow = True  # the chunk is dropped, not handed on: nothing past the limit is parsed
                     return {"type": "http.disconnect"}
             return message

@@ -19,7 +19,7 @@ from app.detection import DetectionService
 from app.errors import install_error_handlers, problem_responses
 from app.metrics import ApiMetrics, HttpMetricsMiddleware, RedisCollector
 from app.pixels import PixelGate
-from app.routes import attack, detect, health, jobs, methods, metrics, page, purify
+from app.routes import attack, audits, detect, health, jobs, methods, metrics, page, purify
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, choose_default, resolve_device
 
@@ -96,8 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Innermost first: the body limit, then access (host, origin, key, rate; before any body is read), then CORS
     # (a preflight needs no key), then the metrics, which count every answer, refusals included.
     app.add_middleware(
-        BodyLimitMiddleware, upload_bytes=settings.max_upload_bytes, allowance_bytes=settings.form_allowance_bytes
-    )
+        BodyLimitMiddleware, upload_bytes=settings.max_upload_bytes, allowance_bytes=settings.form_allowance_bytes,
+        route_bytes={("POST", "/audits"): (settings.audit_max_bytes, "DFG_AUDIT_MAX_BYTES")},
+    )  # fmt: skip
     app.add_middleware(AccessMiddleware, settings=settings, digests=load_key_digests(settings), app_state=app.state)
     if settings.cors_origin_list:
         app.add_middleware(
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     routers = (
         health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router, metrics.router,
-        methods.router,
+        methods.router, audits.router,
     )  # fmt: skip
     for router in routers:
         document_guards(router)

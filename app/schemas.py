@@ -249,3 +249,39 @@ class MethodsResponse(BaseModel):
         description="POST /attack's `defense` parameters are the purifier's, named with this prefix."
     )
     adaptive: list[MethodParameter] = Field(description="POST /attack's settings of an attack through a defense.")
+
+
+# --- audits (app/routes/audits.py, docs/AUDIT.md "As a service job") ---
+
+
+class AuditAccepted(BaseModel):
+    id: str
+    status: str
+    location: str
+    images: int = Field(description="Images the audit runs on.")
+    shards: int = Field(description="RQ jobs the audit is split into (threats x runs of images).")
+    skipped: list[str] = Field(description="Zip entries left out: folders, __MACOSX/, .DS_Store and the like.")
+
+
+class ThreatProgress(BaseModel):
+    threat: str
+    done: int = Field(description="Shards of this threat whose result is stored.")
+    total: int
+
+
+class AuditInfo(BaseModel):
+    id: str
+    status: Literal["queued", "started", "finished", "failed", "stopped"] = Field(
+        description="queued: no shard has started; started: some have; finished: the report is ready; failed: a shard "
+        "or the assembly failed for good (`error` says why); stopped: DELETE /audits/{id}."
+    )
+    model: str
+    profile: str
+    images: int
+    created_at: datetime
+    done: int = Field(description="Shards whose result is stored.")
+    total: int
+    progress: list[ThreatProgress]
+    eta_s: float | None = Field(description="Seconds left at the rate so far (none before the first shard ends).")
+    error: str | None = None
+    reports: dict[str, str] | None = Field(None, description="The report files' URLs, once finished.")

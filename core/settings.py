@@ -202,6 +202,42 @@ class Settings(BaseSettings):
         "as proportionally more (FGSM on a 40 Mpx image: ~150 steps).",
     )
 
+    # --- robustness audits as service jobs (docs/AUDIT.md, "As a service job") ---
+    audit_max_bytes: int = Field(
+        200 << 20,
+        ge=1024,
+        description="Largest zip POST /audits accepts, in bytes (413 above); the only route allowed past "
+        "DFG_MAX_UPLOAD_BYTES.",
+    )
+    audit_max_images: int = Field(2000, ge=1, description="Most images one audit's zip may hold (422 above).")
+    audit_max_uncompressed_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="Most bytes an audit zip's members may expand to together, read from its central directory "
+        "before anything is expanded (422 above). Each member is also bounded by DFG_MAX_UPLOAD_BYTES.",
+    )
+    audit_max_ratio: int = Field(
+        100,
+        ge=2,
+        description="Largest compression ratio of an audit zip member over 256 KiB (a zip bomb; images hardly "
+        "compress).",
+    )
+    audit_max_depth: int = Field(8, ge=2, le=64, description="Most folders deep an audit zip's member may lie.")
+    audit_shard_size: int = Field(
+        16, ge=1, le=1024, description="Images per audit shard (one RQ job): a dead worker costs at most one shard."
+    )
+    audit_queued_shards: int = Field(
+        16,
+        ge=1,
+        description="Shards of one audit queued or running at once; each that ends queues the next, so an audit "
+        "neither fills the queues nor makes other jobs wait behind all of its shards.",
+    )
+    audit_ttl_s: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="How long an audit's images, shard results and reports are kept in Redis after it was made.",
+    )
+
     @field_validator("checkpoints_dir", mode="before")
     @classmethod
     def _demo_checkpoints(cls, value: object) -> object:

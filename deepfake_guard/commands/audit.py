@@ -1,7 +1,9 @@
 """``deepfake-guard audit CHECKPOINT DATA --profile quick --out DIR``: how many of the owner's fakes get through their
 detector, at its threshold, clean, re-encoded and under attack, with intervals and sanity flags (docs/AUDIT.md).
 
-Writes DIR/report.json (docs/schemas/audit.schema.json), DIR/report.html and DIR/per_image.csv.
+Writes DIR/report.json (docs/schemas/audit.schema.json), DIR/report.html and DIR/per_image.csv. With ``--queue URL``
+the audit runs on a service's workers instead (``deepfake_guard.commands.audit_client``), CHECKPOINT naming one of
+its detectors.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def add_parser(subparsers: Any) -> None:
         "laundering (JPEG, resize, blur, noise, a sharing site), white-box L-inf, attacks that survive laundering, "
         "transfer from other detectors and, with --defense, adaptive attacks through a purifier.",
     )
-    p.add_argument("checkpoint", type=Path, help="the detector's checkpoint (path without suffix)")
+    p.add_argument("checkpoint", type=Path,
+                   help="the checkpoint (path without suffix); with --queue, its name on the service")  # fmt: skip
     p.add_argument("data", type=Path, help="a folder with fake/ and/or real/ images")
     p.add_argument("--profile", choices=("quick", "standard"), default="quick", help="budgets (docs/AUDIT.md)")
     p.add_argument("-o", "--out", type=Path, default=Path("audit"), help="folder for report.json/.html, per_image.csv")
@@ -39,6 +42,39 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's own)")
     add_defense_arguments(p)
+    p.add_argument("--queue", metavar="URL", default=None,
+                   help="send the audit to the service at URL, whose workers share its shards, instead of running "
+                   "it here")  # fmt: skip
+    p.add_argument("--api-key", default=None, help="with --queue: the service's API key, if it requires one")
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    import httpx
+
+    from deepfake_guard.commands.audit_client import ServiceError, run_remote
+    from models.attacks.adaptive import NO_DEFENSE
+
+    # The other options are for an audit run here: refused with --queue, never silently dropped.
+    defaults = {"transfer_from": [], "overrides": [], "seed": 0, "shard_size": 16, "device": "auto", "threads": None}
+    given = sorted(f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v)
+    if args.defense != NO_DEFENSE:
+        given.append("--defense")
+    if given:
+        print(f"error: --queue runs the service's audit of {args.checkpoint.name}; it does not take "
+              f"{given} (docs/AUDIT.md, As a service job)")  # fmt: skip
+        return 2
+    try:
+        record = run_remote(args.queue, args.checkpoint.name, args.data, args.out, profile=args.profile,
+                            eps=args.eps, threshold=args.threshold, api_key=args.api_key)  # fmt: skip
+    except (ServiceError, ValueError, OSError) as exc:
+        print(f"error: {exc}")
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"error: the service at {args.queue} did not answer: {exc}")
+        return 2
+    print(record["summary"])
+    print(f"wrote {args.out / 'report.html'}, {args.out / 'report.json'} and {args.out / 'per_image.csv'}")
+    return 0
 
 
 def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -58,17 +94,18 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.queue is not None:
+        return _run_remote(args)
     from tqdm import tqdm
 
     from models import checkpoint
     from models.attacks.adaptive import resolve_defense
     from models.audit import report
     from models.audit.profiles import EOT_RANDOMIZED, threats_for
-    from models.audit.runner import AuditData, assemble, run_audit
+    from models.audit.runner import AuditData, assemble, original_png, run_audit
     from models.audit.threats import AuditTarget
     from models.devices import resolve_device
     from models.evaluation.run import environment
-    from models.images import encode_png
 
     if args.threads is not None:
         import torch
@@ -129,16 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "environment": environment(device),
     }
     record = assemble(target, data, threats, results, meta=meta, seed=args.seed, shard_size=args.shard_size)
-    gallery: dict[str, dict[str, str]] = {}
-    for key, result in results.items():
-        if result["gallery"]:
-            gallery.setdefault(key.rsplit("@", 1)[0], {}).update(result["gallery"])
-
-    def original(index: int) -> bytes:
-        x = data.native(index)[None].to(device)
-        return encode_png(detector.fitting.apply(x)[0].clamp(0, 1).cpu())
-
-    paths = report.write_all(record, gallery, original, args.out)
+    paths = report.write_all(record, report.gallery_of(results), original_png(target, data), args.out)
     print(record["summary"])
     if record["unreliable"]:
         print("unreliable: " + "; ".join(f["reason"] for f in record["sanity"]["flags"]))

@@ -204,6 +204,15 @@ def write_csv(record: dict[str, Any], path: Path) -> None:
             writer.writerow([img["file"], img["label"], *(f"{img['p_fake'][i]:.6g}" for i in ids)])
 
 
+def gallery_of(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """The report's gallery (threat id -> image position -> PNG base64) from the shards' results."""
+    gallery: dict[str, dict[str, str]] = {}
+    for key, result in results.items():
+        if result["gallery"]:
+            gallery.setdefault(key.rsplit("@", 1)[0], {}).update(result["gallery"])
+    return gallery
+
+
 def write_all(
     record: dict[str, Any], gallery: dict[str, dict[str, str]], original: Callable[[int], bytes], out: Path
 ) -> dict[str, Path]:

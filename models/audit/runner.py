@@ -22,6 +22,7 @@ from models.audit.profiles import Threat, eps_text
 from models.audit.threats import AuditTarget, Shard
 from models.data.folder import IMAGE_EXTENSIONS, read_image
 from models.detector import CLASS_NAMES, FAKE_INDEX
+from models.images import encode_png
 
 AUDIT_VERSION = 1
 #: Images per shard: small enough that a dead worker costs little, large enough to batch the attacks.
@@ -98,6 +99,17 @@ def run_shard(target: AuditTarget, data: AuditData, part: ShardPlan, *, seed: in
         "details": judged.details,
         "gallery": {str(part.start + i): base64.b64encode(png).decode() for i, png in judged.gallery.items()},
     }
+
+
+def original_png(target: AuditTarget, data: AuditData) -> Callable[[int], bytes]:
+    """The report's "original" of image ``index``: the image as the detector sees it (fitted), as a PNG."""
+
+    def original(index: int) -> bytes:
+        x = data.native(index)[None].to(target.detector.get_buffer("mean").device)
+        with torch.no_grad():
+            return encode_png(target.detector.fitting.apply(x)[0].clamp(0, 1).cpu())
+
+    return original
 
 
 def run_audit(

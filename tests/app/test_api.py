@@ -272,7 +272,7 @@ def test_openapi_documents_form_fields_a_multipart_body_can_carry(client: TestCl
         for op in ops.values()
         if "multipart/form-data" in op.get("requestBody", {}).get("content", {})
     ]
-    assert len(bodies) == 3  # /detect, /attack, /purify
+    assert len(bodies) == 4  # /detect, /attack, /purify, /audits
     nullable = [
         (body, name)
         for body in bodies
@@ -356,13 +356,20 @@ def test_unknown_and_repeated_form_fields_are_refused(client: TestClient) -> Non
 
 def test_the_form_field_lists_match_the_routes(client: TestClient) -> None:
     from app.routes.attack import attack_fields
+    from app.routes.audits import AUDIT_FIELDS
     from app.routes.detect import DETECT_FIELDS
     from app.routes.purify import purify_fields
 
     ATTACK_FIELDS, PURIFY_FIELDS = attack_fields(), purify_fields()
 
     spec = client.get("/openapi.json").json()
-    for path, fields in (("/detect", DETECT_FIELDS), ("/purify", PURIFY_FIELDS), ("/attack", ATTACK_FIELDS)):
+    routes = (
+        ("/detect", DETECT_FIELDS),
+        ("/purify", PURIFY_FIELDS),
+        ("/attack", ATTACK_FIELDS),
+        ("/audits", AUDIT_FIELDS),
+    )
+    for path, fields in routes:
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
         declared = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
         assert set(declared) == set(fields), path
