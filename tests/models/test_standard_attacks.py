@@ -35,6 +35,37 @@ def test_apgd_checkpoints_follow_the_paper() -> None:
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
+class ScriptedLoss(nn.Module):
+    """Logits ``[0, s_k]`` on its k-th call: the loss follows a script whatever the input, while a tiny term in the
+    input's mean gives every pixel a positive gradient. It records the mean pixel of each input it is given."""
+
+    def __init__(self, script: list[float]) -> None:
+        super().__init__()
+        self.script, self.seen = script, []  # type: list[float]
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(float(x.detach().mean()))
+        s = self.script[len(self.seen) - 1] + 1e-3 * x.flatten(1).mean(dim=1)
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_apgd_halves_the_step_size_by_the_papers_second_condition_as_autoattack() -> None:
+    # The start has the highest loss of the run, and after the first step the loss rises at every step: condition 1
+    # (too few raising steps) never fires, and the best loss never improves. Condition 2 (not halved at the last
+    # checkpoint, best loss not improved) then fires at every other checkpoint, never at the first (AutoAttack's
+    # reduced_last_check starts true). A halving restarts from the best point, the start: the next input shows it.
+    steps, eps = 60, 0.25
+    marks = checkpoints(steps)
+    assert marks[:3] == [14, 25, 35]
+    model = ScriptedLoss([20.0] + [-5 + 0.1 * k for k in range(1, steps + 1)])
+    x = torch.full((1, 3, 4, 4), 0.5)
+    apgd_ce(model, x, torch.zeros(1, dtype=torch.long), eps=eps, steps=steps, random_start=False)
+    after = {m: model.seen[m + 1] for m in marks[:3]}  # the input of the step after each checkpoint
+    assert after[14] == pytest.approx(0.75)  # no halving at the first checkpoint: it stays at the corner x + eps
+    assert after[25] == pytest.approx(0.5 + 0.75 * eps)  # halved to eps: from the start, 0.75 of a step of eps
+    assert after[35] > 0.7  # halved at 25, so condition 2 does not fire at 35: no restart
+
+
 @pytest.mark.parametrize("random_start", [False, True])
 def test_apgd_respects_eps_and_never_ends_below_its_start(random_start: bool) -> None:
     model, x = conv_model(), images(6)
