@@ -103,6 +103,23 @@ class Defense:
         }
 
 
+def unusable_settings(spec: PurifierSpec, given: Mapping[str, Any]) -> str | None:
+    """Why ``given`` adaptive settings cannot mean anything for ``spec`` (None when they can): EOT samples and
+    resubmissions only differ for a randomised purifier, ``bpda_iterations`` only bounds an iterative one. Refused
+    rather than dropped, so a request never reads as if it had been honoured."""
+    for p in ADAPTIVE_PARAMS:
+        if given.get(p.name) is None:
+            continue
+        if p is BPDA_ITERATIONS and spec.iterations_param is None:
+            return f"bpda_iterations applies only to an iterative purifier (dip); {spec.name!r} runs in one shot"
+        if p in (EOT_SAMPLES, RESUBMISSIONS) and not spec.randomized:
+            return (
+                f"{p.name} applies only to a randomised purifier (dip); {spec.name!r} is deterministic: every run "
+                "gives the same output"
+            )
+    return None
+
+
 def resolve_defense(given: Mapping[str, Any] | None) -> Defense | None:
     """A request's defence (``{"method": name, <ADAPTIVE_PARAMS>, <the purifier's parameters>}``, keyword names)
     to a validated ``Defense``; None or ``method == "none"`` is no defence. A ValueError names what is wrong."""
@@ -118,6 +135,9 @@ def resolve_defense(given: Mapping[str, Any] | None) -> Defense | None:
             raise ValueError(f"defense parameters {sorted([*rest, *own])} need a defense (got defense={name!r})")
         return None
     spec = purifiers.get(name)
+    refused = unusable_settings(spec, own)
+    if refused:
+        raise ValueError(refused)
     params = spec.resolve(rest)
     seed = int(params.pop("seed", 0)) if spec.randomized else 0
     return Defense(

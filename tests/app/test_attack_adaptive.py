@@ -62,6 +62,9 @@ def test_bad_defence_requests_are_422_naming_the_field(client: TestClient) -> No
     assert_problem(client.post("/attack", files=f, data={**base, "defense": "blur"}), 422, "defense")
     bad = {**base, "defense": "dip", "resubmissions": "0"}
     assert_problem(client.post("/attack", files=f, data=bad), 422, "resubmissions")
+    for setting in ("eot_samples", "resubmissions", "bpda_iterations"):  # a deterministic purifier cannot use them
+        bad = {**base, "defense": "jpeg", setting: "2"}
+        assert_problem(client.post("/attack", files=f, data=bad), 422, f"{setting} applies only to")
     # refused before the upload is searched for faces (this image has none: that would be another 422)
     bad = {**base, "defense": "jpeg", "crop": "faces"}
     assert_problem(client.post("/attack", files=f, data=bad), 422, "an adaptive attack (defense) needs crop=none")
