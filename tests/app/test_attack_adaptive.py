@@ -34,6 +34,9 @@ def test_an_adaptive_attack_through_a_cheap_purifier_runs_synchronously(client: 
     assert len(d["p_fake_after"]) == 1 and body["success"] == d["success_any"]
     plain = client.post("/attack", files=f, data={"method": "pgd", "eps": "0.03", "steps": "3"}).json()
     assert plain["defense"] is None
+    jpeg = client.post("/attack", files=f, data={"method": "pgd", "eps": "0.03", "steps": "3", "defense": "jpeg"})
+    assert jpeg.status_code == 200, jpeg.text  # through the differentiable JPEG's gradient (docs/ATTACKS.md)
+    assert jpeg.json()["defense"]["bpda"] == "approx" and jpeg.json()["defense"]["params"] == {"quality": 75}
 
 
 def test_an_adaptive_attack_through_dip_is_queued_with_progress(client: TestClient) -> None:
