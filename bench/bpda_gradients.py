@@ -65,6 +65,25 @@ def fidelity(x: torch.Tensor, defense: Defense) -> dict[str, float] | None:
     }
 
 
+def fake_pool(data: Path, n: int) -> torch.Tensor:
+    """The first ``3 n`` fakes of ``data`` (fake/ and real/), from which each detector takes the first ``n`` it calls
+    fake (``Detector.called_fake``, threshold 0.5)."""
+    fakes = [p for p, label in list_images(data) if label == FAKE_INDEX]
+    return torch.stack([read_image(p) for p in fakes[: 3 * n]])
+
+
+def report_head(args: argparse.Namespace) -> dict[str, Any]:
+    """What every report of these benches states before its rows: the machine, torch, threads, threshold, args."""
+    return {
+        "device": platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "threshold": 0.5,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": [],
+    }
+
+
 def suite_row(
     report: dict[str, Any],
     det: torch.nn.Module,
@@ -96,12 +115,18 @@ def suite_row(
     report.setdefault("suite_rows", []).append(row)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def demo_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments these benches share: the detectors, the demo data and how many of its fakes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", nargs="+", type=Path, default=[DEMO_CHECKPOINTS / "demo-resnet18",
                                                                      DEMO_CHECKPOINTS / "demo-vgg16"])  # fmt: skip
     ap.add_argument("--data", type=Path, default=Path("data/demo/test"), help="folder with fake/ and real/")
     ap.add_argument("--n", type=int, default=32, help="test fakes each detector calls fake")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = demo_parser(__doc__)
     ap.add_argument("--eps", nargs="+", default=["2/255"])
     ap.add_argument("--pgd-steps", type=int, default=10, help="PGD steps (step size eps / 4), as R5")
     ap.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE steps (AutoAttack's standard budget)")
@@ -122,17 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         eps = float(Fraction(given))
         attacks[f"pgd@{given}"] = ("pgd", {"eps": eps, "steps": args.pgd_steps, "step_size": eps / 4})
         attacks[f"apgd_ce@{given}"] = ("apgd_ce", {"eps": eps, "steps": args.apgd_steps})
-    fakes = [p for p, label in list_images(args.data) if label == FAKE_INDEX]
-    pool = torch.stack([read_image(p) for p in fakes[: 3 * args.n]])
-    report: dict[str, Any] = {
-        "device": platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "threshold": 0.5,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "rows": [],
-        "fidelity": {},
-    }
+    pool = fake_pool(args.data, args.n)
+    report = report_head(args)
+    report["fidelity"] = {}
     started = time.perf_counter()
     for path in args.checkpoints:
         det = checkpoint.load(path).detector.eval()

@@ -8,8 +8,6 @@ the suite's standard budget (100 steps). JSON out (docs/ATTACKS.md, "FAB after 8
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,21 +20,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchio import save_report
+from bpda_gradients import demo_parser, fake_pool, report_head
 
 from models import checkpoint
 from models.attacks.fab import fab
-from models.checkpoint import DEMO_CHECKPOINTS
-from models.data.folder import list_images, read_image
 from models.detector import FAKE_INDEX
 from models.images import quantize_8bit
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoints", nargs="+", type=Path, default=[DEMO_CHECKPOINTS / "demo-resnet18",
-                                                                     DEMO_CHECKPOINTS / "demo-vgg16"])  # fmt: skip
-    ap.add_argument("--data", type=Path, default=Path("data/demo/test"), help="folder with fake/ and real/")
-    ap.add_argument("--n", type=int, default=32, help="test fakes each detector calls fake")
+    ap = demo_parser(__doc__)
     ap.add_argument("--eps", nargs="+", default=["8/255"])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
@@ -45,16 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.steps < 1:
         ap.error("--n and --steps must be >= 1")
     torch.set_num_threads(args.threads)
-    fakes = [p for p, label in list_images(args.data) if label == FAKE_INDEX]
-    pool = torch.stack([read_image(p) for p in fakes[: 3 * args.n]])
-    report: dict[str, Any] = {
-        "device": platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "threshold": 0.5,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "rows": [],
-    }
+    pool = fake_pool(args.data, args.n)
+    report = report_head(args)
     started = time.perf_counter()
     for path in args.checkpoints:
         det = checkpoint.load(path).detector.eval()
