@@ -142,7 +142,10 @@ class DefenseOutcome(BaseModel):
 
     purifier: str
     params: dict[str, Any] = Field(description="The defence's parameters, as it judged the delivered file.")
-    bpda: Literal["identity", "exact"] = Field(description="The backward pass the attack used through the purifier.")
+    bpda: Literal["identity", "approx", "exact"] = Field(
+        description="The backward pass the attack used through the purifier: the identity (BPDA), a differentiable "
+        "approximation's gradient around the real purifier (BPDA), or the purifier's own (exact)."
+    )
     randomized: bool
     eot_samples: int = Field(description="Purifier runs averaged per attack step.")
     resubmissions: int = Field(description="Independent purifier runs the delivered file was judged by.")

@@ -285,6 +285,44 @@ def test_adaptive_bench_sets_adaptive_beside_non_adaptive(
     assert costs["adaptive_step_eot4_s"] > costs["adaptive_step_eot1_s"]
 
 
+def test_bpda_gradients_bench_compares_each_purifiers_gradients(
+    tmp_path: Path, gpu_machine_site: Path, demo_test_split: tuple[Path, object]
+) -> None:
+    report = bench(
+        "bpda_gradients.py",
+        tmp_path / "bpda.json",
+        *("--data", str(demo_test_split[0]), "--n", "2", "--eps", "2/255", "--pgd-steps", "2", "--apgd-steps", "2"),
+        *("--checkpoints", str(ROOT / "models" / "demo_checkpoints" / "demo-resnet18")),
+        site=gpu_machine_site,
+    )
+    rows = {(r["purifier"], r["attack"]): r for r in report["rows"]}
+    assert set(rows) == {(p, a) for p in ("jpeg", "median", "bitdepth") for a in ("pgd", "apgd_ce")}
+    assert set(rows["jpeg", "pgd"]["adaptive_fake_acc"]) == {"identity", "approx"}
+    assert set(rows["median", "pgd"]["adaptive_fake_acc"]) == {"identity", "exact"}
+    assert rows["jpeg", "pgd"]["declared_bpda"] == "approx"
+    assert (
+        report["fidelity"]["jpeg"]["approx_vs_real_psnr_median"]
+        > report["fidelity"]["jpeg"]["input_vs_real_psnr_median"]
+    )
+
+
+def test_fab_rounding_bench_counts_float_and_delivered_successes(
+    tmp_path: Path, gpu_machine_site: Path, demo_test_split: tuple[Path, object]
+) -> None:
+    report = bench(
+        "fab_rounding.py",
+        tmp_path / "fab.json",
+        *("--data", str(demo_test_split[0]), "--n", "2", "--steps", "3"),
+        *("--checkpoints", str(ROOT / "models" / "demo_checkpoints" / "demo-vgg16")),
+        site=gpu_machine_site,
+    )
+    (row,) = report["rows"]
+    assert row["n"] == 2 and row["eps"] == "8/255"
+    for key in ("minimal", "scaled_out"):
+        assert row[key]["png_fooled"] <= row[key]["float_fooled"] <= 2
+    assert row["scaled_out"]["png_fooled"] >= row["minimal"]["png_fooled"]
+
+
 def test_cw_peers_bench_judges_ours_and_each_importable_peer_alike(
     tmp_path: Path, gpu_machine_site: Path, demo_test_split: tuple[Path, object]
 ) -> None:

@@ -5,8 +5,11 @@ Since Athalye, Carlini & Wagner (2018, "Obfuscated gradients") an input-purifica
 one who does not (docs/ATTACKS.md, "Adaptive attacks"):
 
 * **BPDA** (backward pass differentiable approximation): the forward pass runs the real purifier, the backward
-  pass replaces it by the identity (``PurifierSpec.bpda == "identity"``: JPEG, bit depth, DIP), or
-  back-propagates through it where it is differentiable (``"exact"``: the median filter).
+  pass replaces it by a differentiable approximation (``PurifierSpec.bpda == "approx"``: JPEG, through
+  models/purify/differentiable.py's DCT-quantisation model), by the identity (``"identity"``: bit depth, DIP), or
+  back-propagates through it where it is differentiable (``"exact"``: the median filter). Each purifier declares
+  the strongest of these measured (docs/ATTACKS.md, "Which gradient for which purifier"); ``Defense.bpda`` may
+  ask for another (a comparison).
 * **EOT** (expectation over transformation, Athalye et al. 2018): a randomised purifier (one that declares a
   ``seed``, DIP) runs ``eot_samples`` times per forward pass with fresh seeds, and the logits are averaged. For
   two classes the logit margin ``Z_y - Z_other`` is linear in the logits, so the averaged margin (CW-L2, APGD's
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +35,9 @@ from models.methods import Param
 from models.progress import ProgressFn, StopFn
 from models.purify import registry as purifiers
 from models.purify.registry import PurifierSpec
+
+#: How an attack differentiates through a purifier (``models.purify.registry.PurifierSpec.bpda``).
+BpdaMode = Literal["identity", "approx", "exact"]
 
 #: The ``defense`` of an attack on the bare detector.
 NO_DEFENSE = "none"
@@ -77,10 +83,24 @@ class Defense:
     resubmissions: int = 1
     bpda_iterations: int | None = None
     seed: int = 0
+    #: The backward pass inside the attack; None: the one the purifier declares (``PurifierSpec.bpda``).
+    bpda: BpdaMode | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        if self.bpda == "approx" and spec.surrogate is None:
+            raise ValueError(f"bpda='approx' needs a differentiable approximation; {self.purifier!r} has none")
+        if self.bpda == "exact" and spec.bpda != "exact":
+            raise ValueError(f"bpda='exact' needs a differentiable purifier; {self.purifier!r} is not")
 
     @property
     def spec(self) -> PurifierSpec:
         return purifiers.get(self.purifier)
+
+    @property
+    def gradient(self) -> BpdaMode:
+        """The backward pass the attack uses through the purifier."""
+        return self.bpda if self.bpda is not None else self.spec.bpda
 
     def attack_params(self) -> dict[str, Any]:
         """The purifier's parameters inside the attack: fewer steps where ``bpda_iterations`` says so."""
@@ -95,12 +115,29 @@ class Defense:
         return {
             "purifier": self.purifier,
             "params": dict(self.params),
-            "bpda": spec.bpda,
+            "bpda": self.gradient,
             "randomized": spec.randomized,
             "eot_samples": self.eot_samples if spec.randomized else 1,
             "resubmissions": self.resubmissions if spec.randomized else 1,
             "attack_params": self.attack_params(),
         }
+
+
+def unusable_settings(spec: PurifierSpec, given: Mapping[str, Any]) -> str | None:
+    """Why ``given`` adaptive settings cannot mean anything for ``spec`` (None when they can): EOT samples and
+    resubmissions only differ for a randomised purifier, ``bpda_iterations`` only bounds an iterative one. Refused
+    rather than dropped, so a request never reads as if it had been honoured."""
+    for p in ADAPTIVE_PARAMS:
+        if given.get(p.name) is None:
+            continue
+        if p is BPDA_ITERATIONS and spec.iterations_param is None:
+            return f"bpda_iterations applies only to an iterative purifier (dip); {spec.name!r} runs in one shot"
+        if p in (EOT_SAMPLES, RESUBMISSIONS) and not spec.randomized:
+            return (
+                f"{p.name} applies only to a randomised purifier (dip); {spec.name!r} is deterministic: every run "
+                "gives the same output"
+            )
+    return None
 
 
 def resolve_defense(given: Mapping[str, Any] | None) -> Defense | None:
@@ -118,6 +155,9 @@ def resolve_defense(given: Mapping[str, Any] | None) -> Defense | None:
             raise ValueError(f"defense parameters {sorted([*rest, *own])} need a defense (got defense={name!r})")
         return None
     spec = purifiers.get(name)
+    refused = unusable_settings(spec, own)
+    if refused:
+        raise ValueError(refused)
     params = spec.resolve(rest)
     seed = int(params.pop("seed", 0)) if spec.randomized else 0
     return Defense(
@@ -153,7 +193,8 @@ class Defended(nn.Module):
 
     Each forward pass draws ``eot_samples`` fresh purifier runs (seeds counting up from the defence's) and returns
     the mean of the detector's logits over them. The forward value is always the real purifier's output; only
-    the gradient is approximated (identity) where the purifier is not differentiable."""
+    the gradient is approximated (a differentiable surrogate's, or the identity) where the purifier is not
+    differentiable."""
 
     def __init__(self, detector: nn.Module, defense: Defense, *, should_stop: StopFn | None = None) -> None:
         super().__init__()
@@ -168,16 +209,23 @@ class Defended(nn.Module):
         return self.defense.eot_samples if self.defense.spec.randomized else 1
 
     def purified(self, x: Tensor) -> Tensor:
-        """One purifier run on ``x`` whose backward is BPDA's (identity) or the purifier's own (exact)."""
+        """One purifier run on ``x`` whose backward is BPDA's (a surrogate's or the identity) or the purifier's own
+        (exact)."""
         seed = self.defense.seed + self.draws
         self.draws += 1
-        if self.defense.spec.bpda == "exact":
+        gradient = self.defense.gradient
+        if gradient == "exact":
             return purify_once(self.defense, x, seed=seed, params=self._params, should_stop=self.should_stop)
         # No torch.no_grad() here: an optimising purifier (DIP) trains its own network on the detached input.
         out = purify_once(self.defense, x.detach(), seed=seed, params=self._params, should_stop=self.should_stop)
-        out = out.detach()
+        out = out.detach().to(x.dtype)
+        surrogate = self.defense.spec.surrogate
+        if gradient == "approx" and surrogate is not None:
+            # The value is the real purifier's output, the gradient w.r.t. x the differentiable approximation's.
+            approx = surrogate(x, **self._params)
+            return approx + (out - approx).detach()
         # Straight-through: the value is the purifier's output, the gradient w.r.t. x is the identity.
-        return x + (out.to(x.dtype) - x).detach()
+        return x + (out - x).detach()
 
     def forward(self, x: Tensor) -> Tensor:
         logits = [self.detector(self.purified(x)) for _ in range(self.samples)]

@@ -7,8 +7,10 @@ Implemented from the paper's Algorithm 1:
   ``z = P(xk + eta * sign(grad))``, ``x(k+1) = P(xk + alpha (z - xk) + (1 - alpha)(xk - x(k-1)))``, alpha 0.75;
 * checkpoints ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22``,
   ``p_(j+1) = p_j + max(p_j - p_(j-1) - 0.03, 0.06)``: at each one, per image, the step size halves and the iterate
-  restarts from the best point so far if fewer than ``rho = 0.75`` of the steps since the last checkpoint raised
-  the loss, or if neither the step size nor the best loss changed since then;
+  restarts from the best point so far if (1) fewer than ``rho = 0.75`` of the steps since the last checkpoint raised
+  the loss, or (2) the step size was not halved at the last checkpoint and the best loss has not risen since then
+  (as AutoAttack's ``autopgd_base.py`` counts it: condition 2 cannot fire at the first checkpoint, which has no
+  earlier reduction to compare with);
 * the point of highest loss is kept (``x_max``), so the result is never worse than the start. An image for which
   some iterate was misclassified gets the misclassified iterate of highest loss instead (the one farthest past the
   boundary, which best survives 8-bit delivery).
@@ -41,6 +43,13 @@ def checkpoints(steps: int) -> list[int]:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     marks = (math.ceil(round(q * steps, 9)) for q in p[1:])  # round: 0.57 * 100 is 57.000000000000007 in floats
     return sorted({m for m in marks if m <= steps})
+
+
+def halve_step(raised: Tensor, window: int, best_loss: Tensor, best_at_mark: Tensor, reduced: Tensor) -> Tensor:
+    """Which images halve their step size at a checkpoint (the paper's conditions, per image): (1) fewer than ``RHO``
+    of the ``window`` steps since the last checkpoint raised the loss (``raised`` counts them), or (2) the step size
+    was not ``reduced`` at the last checkpoint and the best loss has not risen above ``best_at_mark`` since."""
+    return (raised < RHO * window) | (~reduced & (best_loss <= best_at_mark))
 
 
 def _loss_grad(model: nn.Module, x: Tensor, y: Tensor, sign: float, *, first: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -95,7 +104,8 @@ def apgd_ce(
         eta = torch.full((n,), 2 * eps, device=x.device)
         prev = adv.clone()
         raised = torch.zeros(n, device=x.device)
-        last_mark, eta_at_mark, best_at_mark = 0, eta.clone(), best_loss.clone()
+        last_mark, best_at_mark = 0, best_loss.clone()
+        reduced = torch.ones(n, dtype=torch.bool, device=x.device)  # AutoAttack: no condition 2 at the first mark
         for k in range(steps):
             z = project(adv + eta.view(view) * grad.sign())
             new = z if k == 0 else project(adv + ALPHA * (z - adv) + (1 - ALPHA) * (adv - prev))
@@ -112,15 +122,14 @@ def apgd_ce(
             x_adv = torch.where(hit.view(view), adv, x_adv)
             done = k + 1
             if done in marks:
-                window = done - last_mark
-                stuck = (raised < RHO * window) | ((eta == eta_at_mark) & (best_loss == best_at_mark))
+                stuck = halve_step(raised, done - last_mark, best_loss, best_at_mark, reduced)
                 eta = torch.where(stuck, eta / 2, eta)
                 adv = torch.where(stuck.view(view), x_max, adv)
                 prev = torch.where(stuck.view(view), x_max, prev)
                 grad = torch.where(stuck.view(view), grad_max, grad)
                 loss = torch.where(stuck, best_loss, loss)
                 raised.zero_()
-                last_mark, eta_at_mark, best_at_mark = done, eta.clone(), best_loss.clone()
+                last_mark, best_at_mark, reduced = done, best_loss.clone(), stuck
             if done % report_every == 0 or done == steps:
                 if progress is not None:
                     progress(

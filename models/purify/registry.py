@@ -7,8 +7,11 @@ N x 3 x H x W images in [0, 1]. One that also takes ``runtime`` is given the wor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
+
+from torch import Tensor
 
 from models.methods import Method, Registry
 
@@ -27,8 +30,12 @@ class PurifierSpec(Method):
     batchable: bool = False
     #: How an adaptive attack differentiates through it (Athalye, Carlini & Wagner 2018, "Obfuscated gradients";
     #: docs/ATTACKS.md, "Adaptive attacks"): "identity" is BPDA with the identity as the backward pass (the forward
-    #: is the real purifier), "exact" back-propagates through the function itself (it must be differentiable).
-    bpda: Literal["identity", "exact"] = "identity"
+    #: is the real purifier), "approx" BPDA with ``surrogate``'s gradient as the backward pass, "exact"
+    #: back-propagates through the function itself (it must be differentiable). The strongest one measured.
+    bpda: Literal["identity", "approx", "exact"] = "identity"
+    #: A differentiable approximation ``surrogate(x, **params) -> Tensor`` of the purifier (its parameters as the
+    #: purifier takes them): the backward pass of ``bpda="approx"``.
+    surrogate: Callable[..., Tensor] | None = None
     #: The parameter bounding its optimisation steps, if any: an adaptive attack may run the purifier inside its
     #: loop with fewer steps than the defence it attacks (``bpda_iterations``).
     iterations_param: str | None = None
@@ -48,6 +55,8 @@ def register(spec: PurifierSpec) -> PurifierSpec:
     for hook in ("progress", "should_stop"):
         if not spec.takes(hook):
             raise ValueError(f"purifier {spec.name!r}: {spec.fn.__name__} must take {hook}=")
+    if spec.bpda == "approx" and spec.surrogate is None:
+        raise ValueError(f"purifier {spec.name!r}: bpda='approx' needs a surrogate")
     if spec.iterations_param is not None and not spec.declares(spec.iterations_param):
         raise ValueError(f"purifier {spec.name!r}: iterations_param {spec.iterations_param!r} is not declared")
     return PURIFIERS_REGISTRY.register(spec)

@@ -19,6 +19,7 @@ from torch import Tensor
 from models.images import encode_jpeg
 from models.methods import Param
 from models.progress import Progress, ProgressFn, StopFn, check_stop
+from models.purify.differentiable import bitdepth_differentiable, jpeg_differentiable
 from models.purify.dip import PurifyResult, check_images
 from models.purify.registry import PurifierSpec, register
 
@@ -121,6 +122,8 @@ JPEG = register(
         fn=jpeg_purify,
         params=(Param("quality", int, "JPEG quality", default=75, low=1, high=95),),
         description="JPEG round trip at a quality (Guo et al. 2018)",
+        bpda="approx",  # a differentiable DCT-quantisation model: far stronger than the identity (docs/ATTACKS.md)
+        surrogate=jpeg_differentiable,
     )
 )
 MEDIAN = register(
@@ -138,5 +141,6 @@ BITDEPTH = register(
         fn=bitdepth_purify,
         params=(Param("bits", int, "bits per channel", default=5, low=1, high=8),),
         description="bit-depth reduction per channel (feature squeezing, Xu et al. 2018)",
+        surrogate=bitdepth_differentiable,
     )
 )

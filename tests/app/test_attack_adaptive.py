@@ -34,6 +34,9 @@ def test_an_adaptive_attack_through_a_cheap_purifier_runs_synchronously(client: 
     assert len(d["p_fake_after"]) == 1 and body["success"] == d["success_any"]
     plain = client.post("/attack", files=f, data={"method": "pgd", "eps": "0.03", "steps": "3"}).json()
     assert plain["defense"] is None
+    jpeg = client.post("/attack", files=f, data={"method": "pgd", "eps": "0.03", "steps": "3", "defense": "jpeg"})
+    assert jpeg.status_code == 200, jpeg.text  # through the differentiable JPEG's gradient (docs/ATTACKS.md)
+    assert jpeg.json()["defense"]["bpda"] == "approx" and jpeg.json()["defense"]["params"] == {"quality": 75}
 
 
 def test_an_adaptive_attack_through_dip_is_queued_with_progress(client: TestClient) -> None:
@@ -62,6 +65,9 @@ def test_bad_defence_requests_are_422_naming_the_field(client: TestClient) -> No
     assert_problem(client.post("/attack", files=f, data={**base, "defense": "blur"}), 422, "defense")
     bad = {**base, "defense": "dip", "resubmissions": "0"}
     assert_problem(client.post("/attack", files=f, data=bad), 422, "resubmissions")
+    for setting in ("eot_samples", "resubmissions", "bpda_iterations"):  # a deterministic purifier cannot use them
+        bad = {**base, "defense": "jpeg", setting: "2"}
+        assert_problem(client.post("/attack", files=f, data=bad), 422, f"{setting} applies only to")
     # refused before the upload is searched for faces (this image has none: that would be another 422)
     bad = {**base, "defense": "jpeg", "crop": "faces"}
     assert_problem(client.post("/attack", files=f, data=bad), 422, "an adaptive attack (defense) needs crop=none")

@@ -38,8 +38,8 @@ def input_grad(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("name", ["bitdepth", "jpeg"])
 def test_bpda_is_the_true_forward_and_the_identity_backward(name: str) -> None:
     det, x = conv_model(), images()
-    defense = resolve_defense({"method": name})
-    assert defense is not None and defense.spec.bpda == "identity"
+    defense = Defense(purifier=name, params=purifiers.get(name).resolve({}), bpda="identity")
+    assert defense.gradient == "identity"
     out, g = input_grad(Defended(det, defense), x)
     purified = purifiers.get(name).fn(x).image
     assert not torch.equal(purified, x)  # the purifier changes the image, so the test can tell them apart
@@ -102,8 +102,8 @@ def test_judging_uses_resubmissions_with_seeds_the_attack_did_not_draw() -> None
     want = torch.softmax(det(purify_once(defense, x, seed=7 + JUDGE_SEED_OFFSET + 1)), dim=1)[:, FAKE_INDEX]
     torch.testing.assert_close(judged.p_fake[1], want.detach())
     assert len(set(judged.p_fake[:, 0].tolist())) == 3  # independent runs
-    once = judge(det, x, resolve_defense({"method": "jpeg", "resubmissions": 5}), fake_index=FAKE_INDEX)  # type: ignore[arg-type]
-    assert once.runs == 1  # a deterministic purifier gives every resubmission the same answer
+    jpeg = Defense(purifier="jpeg", params={"quality": 75}, resubmissions=5)
+    assert judge(det, x, jpeg, fake_index=FAKE_INDEX).runs == 1  # a deterministic purifier: every run the same
 
 
 def test_defenses_are_validated_by_their_declarations() -> None:
@@ -116,6 +116,10 @@ def test_defenses_are_validated_by_their_declarations() -> None:
         resolve_defense({"method": "none", "eot_samples": 2})
     with pytest.raises(ValueError, match="unknown purification method"):
         resolve_defense({"method": "blur"})
+    for name in ("jpeg", "median", "bitdepth"):  # settings a deterministic one-shot purifier cannot use: refused
+        for setting in ("eot_samples", "resubmissions", "bpda_iterations"):
+            with pytest.raises(ValueError, match=f"{setting} applies only to"):
+                resolve_defense({"method": name, setting: 2})
     d = resolve_defense({"method": "dip", "max_iterations": 50, "bpda_iterations": 5})
     assert d is not None and d.attack_params()["max_iterations"] == 5 and d.params["max_iterations"] == 50
     assert d.describe()["attack_params"]["max_iterations"] == 5  # the result states the cheaper inner run

@@ -16,7 +16,7 @@ from models.attacks.apgd import checkpoints
 from models.attacks.fab import project_linf
 from models.attacks.square import window_share
 from models.checkpoint import DEMO_CHECKPOINTS
-from models.images import load_image_file
+from models.images import load_image_file, quantize_8bit
 from tests.models.test_attacks import conv_model, images, linear_model
 
 
@@ -33,6 +33,37 @@ def labels(model: nn.Module, x: Tensor) -> Tensor:
 def test_apgd_checkpoints_follow_the_paper() -> None:
     # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99, 1.05: w_j = ceil(p_j * 100).
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+class ScriptedLoss(nn.Module):
+    """Logits ``[0, s_k]`` on its k-th call: the loss follows a script whatever the input, while a tiny term in the
+    input's mean gives every pixel a positive gradient. It records the mean pixel of each input it is given."""
+
+    def __init__(self, script: list[float]) -> None:
+        super().__init__()
+        self.script, self.seen = script, []  # type: list[float]
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(float(x.detach().mean()))
+        s = self.script[len(self.seen) - 1] + 1e-3 * x.flatten(1).mean(dim=1)
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_apgd_halves_the_step_size_by_the_papers_second_condition_as_autoattack() -> None:
+    # The start has the highest loss of the run, and after the first step the loss rises at every step: condition 1
+    # (too few raising steps) never fires, and the best loss never improves. Condition 2 (not halved at the last
+    # checkpoint, best loss not improved) then fires at every other checkpoint, never at the first (AutoAttack's
+    # reduced_last_check starts true). A halving restarts from the best point, the start: the next input shows it.
+    steps, eps = 60, 0.25
+    marks = checkpoints(steps)
+    assert marks[:3] == [14, 25, 35]
+    model = ScriptedLoss([20.0] + [-5 + 0.1 * k for k in range(1, steps + 1)])
+    x = torch.full((1, 3, 4, 4), 0.5)
+    apgd_ce(model, x, torch.zeros(1, dtype=torch.long), eps=eps, steps=steps, random_start=False)
+    after = {m: model.seen[m + 1] for m in marks[:3]}  # the input of the step after each checkpoint
+    assert after[14] == pytest.approx(0.75)  # no halving at the first checkpoint: it stays at the corner x + eps
+    assert after[25] == pytest.approx(0.5 + 0.75 * eps)  # halved to eps: from the start, 0.75 of a step of eps
+    assert after[35] > 0.7  # halved at 25, so condition 2 does not fire at 35: no restart
 
 
 @pytest.mark.parametrize("random_start", [False, True])
@@ -82,13 +113,41 @@ def test_fab_finds_a_small_adversarial_on_a_linear_model() -> None:
     with torch.no_grad():
         margin = (model(x)[:, 0] - model(x)[:, 1]).abs()
     exact = margin / wdiff.abs().sum()
-    adv = fab(model, x, y, eps=1.0, steps=10)
+    adv = fab(model, x, y, eps=1.0, steps=10, round_finish=False)
     assert bool((labels(model, adv) != y).all())
     norm = (adv - x).flatten(1).abs().amax(1)
     assert bool((norm <= exact * 1.06 + 1e-5).all() and (norm >= exact * 0.999).all()), (norm, exact)
-    small = fab(model, x, y, eps=float(exact.min()) / 2, steps=10)
+    small = fab(model, x, y, eps=float(exact.min()) / 2, steps=10, round_finish=False)
     assert float((small - x).abs().max()) <= float(exact.min()) / 2 + 1e-6  # kept within eps
     assert bool((labels(model, small) == y).all())  # where no adversarial lies within eps
+
+
+class Boundary(nn.Module):
+    """Two classes split by the plane mean(x) = ``level``: logits ``[-g, g]``, ``g = 100 (mean(x) - level)``."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = 100 * (x.flatten(1).mean(dim=1) - self.level)
+        return torch.stack([-g, g], dim=1)
+
+
+def test_fab_delivers_a_point_that_still_fools_after_8_bit_rounding() -> None:
+    # The boundary lies 0.3 of an 8-bit level above an 8-bit image: the minimal adversarial (0.3 level away) rounds
+    # back to the image, which the model classifies as before. Scaled out along the same direction, one level does it.
+    x = torch.full((2, 3, 4, 4), 128 / 255)
+    model, y = Boundary((128 + 0.3) / 255), torch.zeros(2, dtype=torch.long)
+    eps = 8 / 255
+    minimal = fab(model, x, y, eps=eps, steps=10, round_finish=False)
+    assert bool((labels(model, minimal) == 1).all())  # it fools in float
+    assert bool((labels(model, quantize_8bit(minimal)) == 0).all())  # but not as a file
+    delivered = quantize_8bit(fab(model, x, y, eps=eps, steps=10))
+    assert bool((labels(model, delivered) == 1).all())  # scaled out, it fools as a file
+    assert float((delivered - x).abs().max()) == pytest.approx(1 / 255)  # the least scaled-out point: one level
+    far = Boundary((128 + 20.3) / 255)  # nothing within eps fools: the budget is respected, x + eps at most
+    assert float((fab(far, x, y, eps=eps, steps=10) - x).abs().max()) <= eps + 1e-6
 
 
 def test_square_needs_no_gradients_and_respects_eps() -> None:
