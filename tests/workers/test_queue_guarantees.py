@@ -44,6 +44,10 @@ def pop(worker: GuardWorker) -> Job | None:
     return None if found is None else found[0]
 
 
+def finished(conn: Redis, job_id: str) -> bool:
+    return bool(Job.fetch(job_id, connection=conn).get_status() == JobStatus.FINISHED)
+
+
 def where(conn: Redis, job_id: str, settings: Settings) -> list[str]:
     """The lists that hold ``job_id``: queues and intermediate lists."""
     out = []
@@ -70,7 +74,7 @@ def test_jobs_popped_by_a_worker_that_dies_before_starting_them_still_run(
             assert where(conn, j.id, settings), f"job {j.id} is in no queue and no intermediate list"
         processes.worker(service_env(redis_url, tiny_checkpoints, DFG_HEARTBEAT_S="1"))
         for j in (cheap, dip):
-            wait_for(lambda j=j: Job.fetch(j.id, connection=conn).get_status() == JobStatus.FINISHED, 180, j.id)
+            wait_for(lambda j=j: finished(conn, j.id), 180, j.id)  # type: ignore[misc]
             assert Job.fetch(j.id, connection=conn).meta["attempts"] == 1  # never started before: not a retry
 
 
