@@ -54,6 +54,13 @@ REDIS_GIVE_UP_S = 300.0
 #: How often an idle worker looks at its queues (``GuardQueue.dequeue_any``): RQ's blocking BLMOVE takes one queue
 #: and cannot take a lease with the pop, so idle workers poll; a job waits at most this long for an idle worker.
 POLL_S = 0.25
+#: The longest an idle worker stays in its dequeue: RQ runs its maintenance (registry cleanup, ``LeaseReaper``) only
+#: between two dequeues, and its blocking dequeue lasted ``worker_ttl - 15`` s (6.75 min), so an idle worker left a
+#: dead worker's job unnoticed for minutes.
+REVISIT_S = 5.0
+#: RQ's per-queue maintenance lock lasts 899 s: a worker killed during its maintenance stopped every other worker's
+#: for 15 minutes. The maintenance takes well under a second.
+MAINTENANCE_LOCK_S = 60
 
 
 class LeasedJob(Job):
@@ -80,6 +87,9 @@ class GuardQueue(Queue):
     def intermediate_queue(self) -> IntermediateQueue:
         return LeaseReaper(self.key, connection=self.connection)
 
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_S))
+
     @classmethod
     def dequeue_any(  # type: ignore[override]
         cls,
@@ -91,9 +101,10 @@ class GuardQueue(Queue):
         death_penalty_class: Any = None,
     ) -> tuple[Job, Queue] | None:
         """The first queue's fairest job (workers/leases.py), else the next queue's; with a ``timeout``, poll every
-        ``POLL_S`` until one comes (RQ's ``DequeueTimeout`` after ``timeout`` seconds)."""
+        ``POLL_S`` until one comes (RQ's ``DequeueTimeout`` after ``timeout`` seconds, or ``REVISIT_S``: RQ then
+        beats and runs its maintenance when due, and dequeues again)."""
         ordered = list(queues)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + min(timeout, REVISIT_S)
         while True:
             waited = False
             for queue in ordered:
