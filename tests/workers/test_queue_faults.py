@@ -134,7 +134,7 @@ def run(processes: Processes, tiny_checkpoints: Path, redis: EmbeddedRedis) -> N
         DFG_PGD_SYNC_MAX_STEPS="1", DFG_CW_SYNC_MAX_STEPS="1", DFG_FAST_LANE_MAX_STEPS="10",
         FAULT_KILL_AT_POP_EVERY=str(KILL_AT_POP_EVERY),
     )  # fmt: skip
-    conn = Redis(unix_socket_path=str(redis.socket), socket_timeout=10, retry_on_timeout=True)
+    conn = Redis(unix_socket_path=str(redis.socket), socket_timeout=10)
     base = processes.api(env)
     chaos = Chaos(processes, env)
     png = files.encode(files.gradient_rgb(48, 40), "PNG")
