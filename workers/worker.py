@@ -221,16 +221,22 @@ class GuardWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self.on_popped is not None:
             self.on_popped(job)
-        token = self._take(job, queue)
-        if token is None:
-            return
-        if dip_batches.held_by_leader(self.connection, job.id):
-            # Another worker's batch is purifying it (workers/dip_batches.py): waiting for that batch would block
-            # this worker, so the job goes back to the queue, behind the others; when it comes round again its
-            # output is ready, or its leader died and it runs itself.
-            leases.put_back(self.connection, queue.key, queue.intermediate_queue_key, job.id, token)
-            log.info("job %s is in job %s's batch: put back in %s", job.id, job.meta.get("batched_with"), queue.name)
-            time.sleep(DEFER_PAUSE_S)
+        try:
+            token = self._take(job, queue)
+            if token is None:
+                return
+            if dip_batches.held_by_leader(self.connection, job.id):
+                # Another worker's batch is purifying it (workers/dip_batches.py): waiting for that batch would block
+                # this worker, so the job goes back to the queue, behind the others; when it comes round again its
+                # output is ready, or its leader died and it runs itself.
+                leases.put_back(self.connection, queue.key, queue.intermediate_queue_key, job.id, token)
+                log.info(
+                    "job %s is in job %s's batch: put back in %s", job.id, job.meta.get("batched_with"), queue.name
+                )
+                time.sleep(DEFER_PAUSE_S)
+                return
+        except RedisError as exc:  # the popped id waits in the intermediate list: the reaper puts it back
+            log.warning("job %s not started: Redis unreachable (%s)", job.id, exc)
             return
         execution = self.prepare_execution(job)
         lease = self._leases[job.id] = _Lease(token)
