@@ -152,7 +152,7 @@ def run(processes: Processes, tiny_checkpoints: Path, redis: EmbeddedRedis) -> N
         wait_for(lambda: chaos.kills >= 2, 120, "two random worker kills")
         chaos.killing.clear()
 
-        deadline = time.monotonic() + 600  # then the jobs not ended are named below
+        deadline = time.monotonic() + 600 + 4 * JOBS  # then the jobs not ended are named below
         while time.monotonic() < deadline and not all(status(base, j)["status"] in ENDED for j in accepted):
             time.sleep(2)
     finally:
