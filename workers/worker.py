@@ -211,6 +211,7 @@ class GuardWorker(SimpleWorker):
         token = job.lease if isinstance(job, LeasedJob) and job.lease else leases.new_token()
         if not leases.renew(self.connection, job.id, token, self.lease_ms):
             log.warning("job %s: another worker holds its lease; not run here", job.id)
+            leases.drop(self.connection, queue.intermediate_queue_key, job.id, token)
             return None
         if job.get_status(refresh=True) != JobStatus.QUEUED:
             log.info("job %s is %s: not run", job.id, job.get_status(refresh=False))

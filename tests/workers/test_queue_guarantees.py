@@ -121,3 +121,16 @@ def test_one_keys_queued_jobs_do_not_put_another_keys_job_last(tiny_checkpoints:
         order = [j.id for _ in range(6) if (j := pop(worker)) is not None]
         # Key a's first job, then key b's, in turn while both have jobs waiting; each key's own jobs in their order.
         assert order == [many[0], other, many[1], more, many[2], many[3]], order
+
+
+def test_a_job_canceled_between_pop_and_start_does_not_run(tiny_checkpoints: Path, redis_url: str) -> None:
+    settings = settings_for(tiny_checkpoints, redis_url)
+    with Redis.from_url(redis_url) as conn:
+        queued = enqueue(conn, settings, {"method": "jpeg", "quality": 50})
+        worker = a_worker(settings, conn, "fast")
+        popped = pop(worker)
+        assert popped is not None
+        assert jobs.cancel(conn, settings, Job.fetch(queued.id, connection=conn)) == "canceled"  # DELETE /jobs/{id}
+        worker.execute_job(popped, worker.queues[0])
+        assert Job.fetch(queued.id, connection=conn).get_status() == JobStatus.CANCELED
+        assert conn.get(keys.result_png_key(queued.id)) is None and not where(conn, queued.id, settings)
