@@ -92,6 +92,11 @@ def sweep_abandoned(conn: Redis, settings: Settings, *, min_interval_s: float = 
         StartedJobRegistry(queue=queue).cleanup()
 
 
+def note_owner(conn: Redis, job_id: str, owner: str, ttl_s: int) -> None:
+    """Record whose job this is for the workers' fair pop, which serves API keys in turn (workers/leases.py)."""
+    conn.set(keys.job_owner_key(job_id), owner, ex=ttl_s)
+
+
 def _request_fingerprint(func: str, params: dict[str, Any], image: bytes) -> str:
     h = hashlib.sha256(func.encode())
     h.update(json.dumps(params, sort_keys=True).encode())
@@ -195,6 +200,7 @@ def enqueue(
     # The input must outlive every attempt of the job, queued time included.
     input_ttl = settings.result_ttl_s + settings.job_timeout_s * (settings.job_retries + 1)
     conn.set(keys.input_key(token), image, ex=input_ttl)
+    note_owner(conn, job_id, owner, input_ttl)
     job = queue.enqueue(
         func,
         kwargs={"input_key": keys.input_key(token), "params": params},

@@ -169,9 +169,12 @@ class RedisCollector(Collector):
                 pipe.zcard(queue.scheduled_job_registry.key)
                 for key in (
                     queue.started_job_registry.key, queue.deferred_job_registry.key, queue.finished_job_registry.key,
-                    queue.failed_job_registry.key, queue.canceled_job_registry.key,
+                    queue.failed_job_registry.key,
                 ):  # fmt: skip
                     pipe.zcount(key, now, "+inf")
+                # RQ scores a canceled job with the time it was canceled, not an expiry (its registry add has no
+                # TTL), so counting from now always gave 0: count those canceled within the failed jobs' TTL.
+                pipe.zcount(queue.canceled_job_registry.key, now - settings.failure_ttl_s, "+inf")
             pipe.hgetall(jobmetrics.JOBS_KEY)
             pipe.zremrangebyscore(jobmetrics.WORKERS_KEY, "-inf", now)
             pipe.zcard(jobmetrics.WORKERS_KEY)

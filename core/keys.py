@@ -49,3 +49,23 @@ def claim_key(job_id: str) -> str:
 def batched_result_key(job_id: str) -> str:
     """The result JSON a batch leader left for a claimed job (its image is under ``result_png_key``)."""
     return f"{PREFIX}:batched:{job_id}:json"
+
+
+def lease_key(job_id: str) -> str:
+    """The lease of the worker that popped or runs a job (workers/leases.py); expires unless its heartbeat renews it."""
+    return f"{PREFIX}:lease:{job_id}"
+
+
+def job_owner_key(job_id: str) -> str:
+    """The API key (``owner``: app/auth.py) a queued job belongs to, read by the fair pop (workers/leases.py)."""
+    return f"{PREFIX}:job-owner:{job_id}"
+
+
+def served_key(queue: str) -> str:
+    """Sorted set: owner -> the turn at which the fair pop last served it from ``queue`` (workers/leases.py)."""
+    return f"{PREFIX}:served:{queue}"
+
+
+def served_seq_key(queue: str) -> str:
+    """The turn counter behind ``served_key``."""
+    return f"{PREFIX}:served:{queue}:seq"

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     max_pixels_in_flight: int | None = Field(
         None,
         ge=1,
-        description="Decoded pixels all requests may hold at once (each costs ~30 bytes while its request runs); "
+        description="Decoded pixels all requests may hold at once (each costs ~40 bytes while its request runs); "
         "a request waits for its share up to DFG_PIXELS_WAIT_S, then gets 503. Unset: 2 x DFG_MAX_PIXELS.",
     )
     pixels_wait_s: float = Field(

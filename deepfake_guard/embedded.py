@@ -3,17 +3,26 @@
 Used by ``deepfake-guard serve`` when no Redis URL is configured, and by the test-suite as its
 real Redis. The server listens on a Unix socket only (no TCP port), with AOF persistence, so jobs
 survive a restart of ``serve``, and of the server itself, which the supervisor restarts if it dies.
+
+Children die with their parent: each is started with ``PR_SET_PDEATHSIG`` (SIGKILL when the thread that started it
+ends: ``die_with_parent``), so a SIGKILLed ``serve`` leaves no Redis server or worker behind. The Redis directory is
+locked (``flock`` on ``serve.lock``, held by ``serve`` and inherited by its redis-server), so two servers never share
+one AOF file: a second ``serve`` on the same directory refuses to start (``DirectoryInUse``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from redis import Redis
@@ -21,6 +30,28 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("deepfake_guard.embedded")
+
+
+#: prctl(2) option: the signal the calling process gets when its parent thread ends.
+PR_SET_PDEATHSIG = 1
+
+
+class DirectoryInUse(RuntimeError):
+    """Another process holds the embedded Redis directory (``EmbeddedRedis.lock``)."""
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``),
+    and exits at once if its parent died before the setting took hold."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
 
 
 def redis_server_binary() -> str:
@@ -38,6 +69,39 @@ class EmbeddedRedis:
         self.socket = self.directory / "redis.sock"
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / "serve.lock"
+
+    def lock(self) -> int:
+        """Take the directory's lock (``flock``, released when every process holding it has ended: this one and the
+        redis-server it starts, which inherits it); returns its file descriptor. Raises ``DirectoryInUse`` naming the
+        holder."""
+        if self._lock_fd is not None:
+            return self._lock_fd
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise DirectoryInUse(
+                f"the Redis directory {self.directory} is in use by another deepfake-guard serve (pid {holder}): stop "
+                "it first, or set DFG_EMBEDDED_REDIS_DIR to another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        return fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @property
     def url(self) -> str:
@@ -46,6 +110,7 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         if len(str(self.socket)) > 100:
             raise ValueError(f"socket path {self.socket} is too long for a Unix socket (max ~100 characters)")
+        lock_fd = self.lock()
         self.socket.unlink(missing_ok=True)
         # appendfsync always: with "everysec" Redis postpones an AOF write while the previous fsync is still running
         # (a busy disk) and may answer before the job it queued is written; a SIGKILL then loses that job
@@ -62,7 +127,9 @@ class EmbeddedRedis:
             "--save", "",
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, pass_fds=(lock_fd,), preexec_fn=die_with_parent(os.getpid())
+        )
         deadline = time.monotonic() + timeout_s
         probe = Redis(unix_socket_path=str(self.socket), socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
@@ -97,6 +164,7 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        self.unlock()
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
@@ -129,6 +197,7 @@ class WorkerSupervisor:
         self.redis_restarts = 0
         self.processes: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
+        self._parked = threading.Event()
         self._redis_failures = 0
         self._redis_next_try = 0.0
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
@@ -139,7 +208,9 @@ class WorkerSupervisor:
         return self
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            self.command, env=self.env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid())
+        )
 
     def _keep_redis(self) -> None:
         redis = self.redis
@@ -167,11 +238,15 @@ class WorkerSupervisor:
                     log.warning("worker pid %s exited with %s; starting a new one", proc.pid, proc.returncode)
                     time.sleep(1.0)
                     self.processes[i] = self._spawn()
+        self._parked.set()
+        # The children this thread restarted get SIGKILL when it ends (``die_with_parent``): it waits here until the
+        # process exits, and ``stop`` ends them gracefully meanwhile.
+        threading.Event().wait()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():  # let a restart in progress finish, so nothing is started after this
-            self._thread.join()
+            self._parked.wait()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,6 +84,66 @@ def test_serve_restarts_a_killed_embedded_redis(processes: Processes, tiny_check
         assert proc.wait(30) == 0
         time.sleep(0.5)
         assert _redis_pid(sock) is None  # serve stopped the restarted server too
+
+
+def test_a_killed_serve_leaves_no_child_and_a_second_serve_on_its_directory_refuses(
+    processes: Processes, tiny_checkpoints: Path
+) -> None:
+    import psutil
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dfg-serve-", dir="/tmp") as redis_dir:
+        env = service_env(None, tiny_checkpoints, DFG_EMBEDDED_REDIS_DIR=redis_dir, DFG_EMBEDDED_WORKERS="2")
+        serve_cmd = [sys.executable, "-m", "deepfake_guard.cli", "serve", "--port"]
+        proc = processes.start([*serve_cmd, str(port)], env, "serve")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(base, proc), 120, "/readyz to report a worker")
+        png = files.encode(files.gradient_rgb(40, 30), "PNG")
+        job_id = httpx.post(f"{base}/purify", files={"file": ("g.png", png)}, data={"method": "median"}, timeout=30)
+        wait_for(lambda: _finished(base, job_id.json()["id"]), 60, "the job")
+
+        # A second serve on the same directory would start a second redis-server on the same AOF file: it refuses.
+        second = processes.start([*serve_cmd, str(free_port())], env, "second-serve")
+        assert second.wait(60) != 0
+        said = (Path(processes.tmp) / f"second-serve-{len(processes.procs) - 1}.log").read_text()
+        assert f"the Redis directory {Path(redis_dir).resolve()} is in use by another deepfake-guard serve" in said
+        assert "Traceback" not in said and _ready(base, proc) is not None  # the first one is untouched
+
+        # A worker restarted by the supervisor's thread is a child like the first ones.
+        parent = psutil.Process(proc.pid)
+        first_workers = _workers(parent)
+        first_workers[0].kill()
+        wait_for(
+            lambda: len(now := _workers(parent)) == 2 and first_workers[0].pid not in [c.pid for c in now],
+            30, "the supervisor to restart the worker",
+        )  # fmt: skip
+        children = parent.children(recursive=True)
+        assert len(children) >= 3, children  # redis-server and two workers
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_for(lambda: not [c for c in children if _alive(c)], 20, "serve's children to die")
+
+        # The directory is free again: a new serve starts on it and still has the job the first one finished.
+        port = free_port()
+        again = processes.start([*serve_cmd, str(port)], env, "serve-again")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(base, again), 120, "the new serve to be ready")
+        assert _finished(base, job_id.json()["id"]) is not None
+
+
+def _workers(parent: Any) -> list[Any]:
+    """``parent``'s live worker processes (a killed one is a zombie until the supervisor reaps it)."""
+    return [c for c in parent.children() if _alive(c) and "workers" in c.cmdline()]
+
+
+def _alive(p: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_supervisor_restarts_redis_with_its_data_and_stops_it() -> None:

@@ -5,6 +5,10 @@ loaded once per process. A heartbeat thread keeps the job's registry entry short
 process dies (SIGKILL, OOM, node loss) RQ's StartedJobRegistry cleanup retries the job within
 about ``3 * heartbeat_s`` seconds instead of after the whole job timeout.
 
+Every pop, from one queue or several, goes through ``GuardQueue.dequeue_any``: the job id moves to the queue's
+intermediate list under a lease (workers/leases.py), so a worker killed between the pop and the start loses nothing,
+and a job whose lease another worker holds is never started twice (docs/OPERATIONS.md, "What the queue guarantees").
+
 Queues by cost (docs/OPERATIONS.md, "Queues"): the worker takes the fast queue first, then the slow one (RQ
 dequeues in the order given), and a thread of the same process (``FastLaneWorker``) takes fast-queue jobs only,
 so a JPEG purification or a small attack never waits for a DIP run, even with one worker.
@@ -16,20 +20,23 @@ import argparse
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
-from workers import context, dip_batches, metrics
+from workers import context, dip_batches, leases, metrics
 
 log = logging.getLogger("deepfake_guard.worker")
 
@@ -44,13 +51,116 @@ DEFER_PAUSE_S = 0.2
 REDIS_WAIT_MAX_S = 5.0
 #: How long a starting worker waits for Redis before it exits (a supervisor then starts it again).
 REDIS_GIVE_UP_S = 300.0
+#: How often an idle worker looks at its queues (``GuardQueue.dequeue_any``): RQ's blocking BLMOVE takes one queue
+#: and cannot take a lease with the pop, so idle workers poll; a job waits at most this long for an idle worker.
+POLL_S = 0.25
+#: The longest an idle worker stays in its dequeue: RQ runs its maintenance (registry cleanup, ``LeaseReaper``) only
+#: between two dequeues, and its blocking dequeue lasted ``worker_ttl - 15`` s (6.75 min), so an idle worker left a
+#: dead worker's job unnoticed for minutes.
+REVISIT_S = 5.0
+#: RQ's per-queue maintenance lock lasts 899 s: a worker killed during its maintenance stopped every other worker's
+#: for 15 minutes. The maintenance takes well under a second.
+MAINTENANCE_LOCK_S = 60
+
+
+class LeasedJob(Job):
+    """A job as this worker popped it: with the token of its lease (workers/leases.py)."""
+
+    lease: str | None = None
+
+
+class LeaseReaper(IntermediateQueue):
+    """RQ's intermediate-queue cleanup, replaced: RQ re-queues an id it has seen there for a minute, and its "first
+    seen" mark outlives the job's re-queue, so a later pop of the same job was taken as stuck again and the job
+    re-queued while it ran. Here an id goes back only when its lease has expired (``leases.reap``), in one step."""
+
+    def cleanup(self, worker: Any, queue: Queue) -> None:
+        back = leases.reap(self.connection, self.queue_key, self.key)
+        if back:
+            log.warning("jobs %s were popped by a worker that died before starting them: back in %s", back, queue.name)
+
+
+class GuardQueue(Queue):
+    """RQ's queue whose pop leaves a recoverable copy and takes a lease, whatever the number of queues."""
+
+    @property
+    def intermediate_queue(self) -> IntermediateQueue:
+        return LeaseReaper(self.key, connection=self.connection)
+
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_S))
+
+    @classmethod
+    def dequeue_any(  # type: ignore[override]
+        cls,
+        queues: Any,
+        timeout: int | None,
+        connection: Redis,
+        job_class: type[Job] | None = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Job, Queue] | None:
+        """The first queue's fairest job (workers/leases.py), else the next queue's; with a ``timeout``, poll every
+        ``POLL_S`` until one comes (RQ's ``DequeueTimeout`` after ``timeout`` seconds, or ``REVISIT_S``: RQ then
+        beats and runs its maintenance when due, and dequeues again)."""
+        ordered = list(queues)
+        deadline = None if timeout is None else time.monotonic() + min(timeout, REVISIT_S)
+        while True:
+            waited = False
+            for queue in ordered:
+                popped = leases.pop(connection, queue.key, queue.intermediate_queue_key, queue.name)
+                if popped is None:
+                    continue
+                if popped.outcome == "leased":  # another worker runs it
+                    log.info(
+                        "job %s is leased to another worker: this copy goes to the back of %s",
+                        popped.job_id,
+                        queue.name,
+                    )
+                    waited = True
+                    continue
+                if popped.outcome != "popped":
+                    log.info("dropped a stale copy of job %s from %s (it has ended)", popped.job_id, queue.name)
+                    continue
+                found = cls._fetch_dequeued_job(
+                    connection, queue.key, popped.job_id, job_class=job_class, serializer=serializer,
+                    death_penalty_class=death_penalty_class,
+                )  # fmt: skip
+                if found is None:  # its hash has expired
+                    leases.drop(connection, queue.intermediate_queue_key, popped.job_id, popped.token)
+                    continue
+                job, _ = found
+                if isinstance(job, LeasedJob):
+                    job.lease = popped.token
+                return found
+            if deadline is None:
+                return None
+            if time.monotonic() >= deadline:
+                raise DequeueTimeout(timeout, [q.key for q in ordered])
+            time.sleep(DEFER_PAUSE_S if waited else POLL_S)
 
 
 class GuardWorker(SimpleWorker):
     heartbeat_s: int = 5
+    queue_class = GuardQueue
+    job_class = LeasedJob
+    #: Called with the job right after the pop, before anything else (tests/workers/test_queue_faults.py kills the
+    #: worker there); and with (job, True) before the job function runs and (job, False) after it returned.
+    on_popped: Callable[[Job], None] | None = None
+    on_run: Callable[[Job, bool], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._leases: dict[str, _Lease] = {}
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_s * 3 + 2
+
+    @property
+    def lease_ms(self) -> int:
+        """A running job's lease: as long as its registry entry (``get_heartbeat_ttl``), so a job RQ's cleanup takes
+        for abandoned has no live lease either, unless its worker renewed one in between (then it runs on)."""
+        return (self.heartbeat_s * 3 + 2) * 1000
 
     def mark_stopped(self, job_id: str) -> None:
         """The job was stopped on request: RQ then records it STOPPED and does not retry it."""
@@ -60,36 +170,92 @@ class GuardWorker(SimpleWorker):
         # RQ calls this before it decides, from this same job object, whether to retry.
         if len(exc_info) > 1 and isinstance(exc_info[1], PERMANENT_ERRORS):
             job.retries_left = 0
+        if self._stopped_job_id == job.id:  # DELETE /jobs/{id}: an expected ending, not an error with a traceback
+            log.info("job %s stopped on request", job.id)
+            return
         super().handle_exception(job, *exc_info)
 
-    def _beat(self, job: Job, execution: Execution, done: threading.Event) -> None:
-        while not done.wait(self.heartbeat_s):
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # RQ removes the id from the intermediate list only for a worker on one queue; every pop here puts it there.
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        # The lease goes before RQ re-queues the job for a retry: a pop of the new copy must not find it held.
+        self._end_lease(job)
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
+    def _beat(self, job: Job, execution: Execution, lease: _Lease) -> None:
+        while not lease.done.wait(self.heartbeat_s):
             try:
+                if not leases.renew(self.connection, job.id, lease.token, self.lease_ms):
+                    log.error("job %s: its lease is held by another worker (this one missed its heartbeats)", job.id)
                 self.maintain_heartbeats(job, execution)
             except RedisError as exc:  # a blip must not kill the job; the next beat retries
                 log.warning("heartbeat for job %s failed: %s", job.id, exc)
 
+    def _end_lease(self, job: Job) -> None:
+        lease = self._leases.pop(job.id, None)
+        if lease is None:
+            return
+        lease.done.set()
+        if lease.beat is not None and lease.beat is not threading.current_thread():
+            lease.beat.join()
+        try:
+            leases.release(self.connection, job.id, lease.token)
+        except RedisError as exc:  # it expires by itself
+            log.warning("lease of job %s not released: %s", job.id, exc)
+
+    def _take(self, job: Job, queue: Queue) -> str | None:
+        """The lease token to run ``job`` under, or None when it must not run here: another worker holds it, or it
+        was canceled between the pop and now."""
+        token = job.lease if isinstance(job, LeasedJob) and job.lease else leases.new_token()
+        if not leases.renew(self.connection, job.id, token, self.lease_ms):
+            log.warning("job %s: another worker holds its lease; not run here", job.id)
+            leases.drop(self.connection, queue.intermediate_queue_key, job.id, token)
+            return None
+        if job.get_status(refresh=True) != JobStatus.QUEUED:
+            log.info("job %s is %s: not run", job.id, job.get_status(refresh=False))
+            leases.drop(self.connection, queue.intermediate_queue_key, job.id, token)
+            return None
+        return token
+
     def execute_job(self, job: Job, queue: Queue) -> None:
-        if dip_batches.held_by_leader(self.connection, job.id):
-            # Another worker's batch is purifying it (workers/dip_batches.py): waiting for that batch would block
-            # this worker, so the job goes back to the queue, behind the others; when it comes round again its
-            # output is ready, or its leader died and it runs itself.
-            queue.enqueue_job(job)
-            log.info("job %s is in job %s's batch: put back in %s", job.id, job.meta.get("batched_with"), queue.name)
-            time.sleep(DEFER_PAUSE_S)
+        if self.on_popped is not None:
+            self.on_popped(job)
+        try:
+            token = self._take(job, queue)
+            if token is None:
+                return
+            if dip_batches.held_by_leader(self.connection, job.id):
+                # Another worker's batch is purifying it (workers/dip_batches.py): waiting for that batch would block
+                # this worker, so the job goes back to the queue, behind the others; when it comes round again its
+                # output is ready, or its leader died and it runs itself.
+                leases.put_back(self.connection, queue.key, queue.intermediate_queue_key, job.id, token)
+                log.info(
+                    "job %s is in job %s's batch: put back in %s", job.id, job.meta.get("batched_with"), queue.name
+                )
+                time.sleep(DEFER_PAUSE_S)
+                return
+        except RedisError as exc:  # the popped id waits in the intermediate list: the reaper puts it back
+            log.warning("job %s not started: Redis unreachable (%s)", job.id, exc)
             return
         execution = self.prepare_execution(job)
-        done = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, execution, done), name=f"heartbeat-{job.id}", daemon=True)
+        lease = self._leases[job.id] = _Lease(token)
+        lease.beat = threading.Thread(
+            target=self._beat, args=(job, execution, lease), name=f"heartbeat-{job.id}", daemon=True
+        )
         if int(job.meta.get("attempts", 0)) > 0:  # an earlier attempt began: whoever ended it, this is a retry
             metrics.record(self.connection, job, "retried")
-        beat.start()
+        lease.beat.start()
         started = time.monotonic()
+        if self.on_run is not None:
+            self.on_run(job, True)
         try:
             succeeded = self.perform_job(job, queue, execution)
         finally:
-            done.set()
-            beat.join()
+            if self.on_run is not None:
+                self.on_run(job, False)
+            self._end_lease(job)
         self._record_outcome(job, succeeded, time.monotonic() - started)
         self.set_state(WorkerStatus.IDLE)
 
@@ -117,6 +283,15 @@ class GuardWorker(SimpleWorker):
             finally:
                 if self.fast_lane is not None and lane is not None:
                     self.fast_lane.finish(lane, drain=bool(kwargs.get("burst", False)))
+
+
+class _Lease:
+    """The lease a running job holds, and the heartbeat thread that renews it."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.done = threading.Event()
+        self.beat: threading.Thread | None = None
 
 
 class FastLaneWorker(GuardWorker):
@@ -170,14 +345,14 @@ def build_worker(settings: Settings, conn: Redis, zoo: Zoo, lanes: str = "all") 
     if lanes not in LANES:
         raise ValueError(f"lanes must be one of {list(LANES)}, got {lanes!r}")
     names = {"all": settings.queue_names, "fast": (settings.fast_queue,), "slow": (settings.slow_queue,)}[lanes]
-    queues = [Queue(name, connection=conn) for name in names]
+    queues = [GuardQueue(name, connection=conn) for name in names]
     interval = max(10, settings.heartbeat_s * 2)
     worker = GuardWorker(queues, connection=conn, maintenance_interval=interval)
     worker.heartbeat_s = settings.heartbeat_s
     workers = [worker]
     if settings.worker_fast_lane and lanes == "all":
         lane = FastLaneWorker(
-            [Queue(settings.fast_queue, connection=conn)], connection=conn, maintenance_interval=interval,
+            [GuardQueue(settings.fast_queue, connection=conn)], connection=conn, maintenance_interval=interval,
             name=f"{worker.name}-fast",
         )  # fmt: skip
         lane.heartbeat_s = settings.heartbeat_s

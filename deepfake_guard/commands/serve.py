@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from app.main import create_app
     from core.settings import get_settings
-    from deepfake_guard.embedded import EmbeddedRedis, WorkerSupervisor
+    from deepfake_guard.embedded import DirectoryInUse, EmbeddedRedis, WorkerSupervisor
 
     settings = get_settings()
     overrides = {
@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     redis: EmbeddedRedis | None = None
     supervisor: WorkerSupervisor | None = None
     if settings.redis_url is None:
-        redis = EmbeddedRedis(settings.embedded_redis_dir).start()
+        try:
+            redis = EmbeddedRedis(settings.embedded_redis_dir).start()
+        except DirectoryInUse as exc:  # a second serve on one AOF file would lose jobs (deepfake_guard/embedded.py)
+            raise SystemExit(f"deepfake-guard serve: {exc}") from None
         settings = settings.model_copy(update={"redis_url": redis.url})
         env = {
             "DFG_REDIS_URL": redis.url,

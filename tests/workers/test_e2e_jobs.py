@@ -94,6 +94,10 @@ def test_delete_stops_a_running_job_within_seconds(
     # the same worker takes the next job
     other = submit(base, method="jpeg", quality="50")
     assert poll_until(base, other, {"finished", "failed"}, 60)[0]["status"] == "finished"
+    # a stop on request is an expected ending: one line, no ERROR with a traceback
+    worker_log = "".join(p.read_text(errors="replace") for p in processes.tmp.glob("worker-*.log"))
+    assert f"job {job_id} stopped on request" in worker_log
+    assert "Traceback" not in worker_log and " ERROR " not in worker_log, worker_log[-3000:]
 
 
 def test_sigkilled_worker_job_is_retried_by_a_fresh_worker(
