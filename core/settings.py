@@ -52,6 +52,34 @@ class Settings(BaseSettings):
         description="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Seconds a client has to send a request's head (from connecting, or from the end of the previous "
+        'response); then 408 and the connection closes (docs/OPERATIONS.md, "Connections").',
+    )
+    http_body_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's body once its head has arrived; then the connection "
+        "closes. At least DFG_MAX_UPLOAD_BYTES over the slowest upload link you serve.",
+    )
+    http_keep_alive_s: int = Field(
+        5, ge=1, le=600, description="Seconds an idle kept-alive connection stays open between two requests."
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections (or requests in flight) served at once; a request above it gets 503 at once.",
+    )
+    http_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request head (request line and headers), in bytes; 431 above.",
+    )
 
     # --- exposure: access control, limits per key, browsers (README "Safe to expose") ---
     api_keys: str | None = Field(
