@@ -62,10 +62,20 @@ def header_size(image: bytes) -> tuple[int, int]:
         return 0, 0
 
 
-def lane_for(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> str:
-    """The queue of a job queued without a plan: its plan's (``core.job_plan``; docs/OPERATIONS.md, "Queues")."""
+def _plan_if_valid(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> JobPlan | None:
+    """The plan of a job queued without one; None for parameters the worker will refuse (naming them) at once."""
     height, width = header_size(image)
-    return plan_job(settings, kind, params, height=height, width=width).queue(settings)
+    try:
+        return plan_job(settings, kind, params, height=height, width=width)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def lane_for(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> str:
+    """The queue of a job queued without a plan: its plan's (``core.job_plan``; docs/OPERATIONS.md, "Queues"), or
+    the slow one for parameters the worker will refuse."""
+    plan = _plan_if_valid(settings, kind, params, image)
+    return settings.slow_queue if plan is None else plan.queue(settings)
 
 
 def sweep_abandoned(conn: Redis, settings: Settings, *, min_interval_s: float = 2.0) -> None:
@@ -154,8 +164,7 @@ def enqueue(
     ``limit_owner``, more than DFG_MAX_JOBS_PER_KEY queued or running jobs of ``owner`` get ``TooManyRequests``.
     """
     if plan is None:
-        height, width = header_size(image)
-        plan = plan_job(settings, kind, params, height=height, width=width)
+        plan = _plan_if_valid(settings, kind, params, image)
     fingerprint = _request_fingerprint(func, params, image)
     job_id = uuid.uuid4().hex
     claim = f"{job_id} {fingerprint}"
@@ -188,7 +197,7 @@ def enqueue(
             f"{waiting} jobs are queued (limit {settings.max_queue_depth}); retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
         )
-    queue = queue_for(conn, settings, plan.queue(settings))
+    queue = queue_for(conn, settings, plan.queue(settings) if plan is not None else settings.slow_queue)
     token = uuid.uuid4().hex
     # The input must outlive every attempt of the job, queued time included.
     input_ttl = settings.result_ttl_s + settings.job_timeout_s * (settings.job_retries + 1)
@@ -202,7 +211,13 @@ def enqueue(
         failure_ttl=settings.failure_ttl_s,
         # A retried job (its worker died, or a transient error) goes back to the front: it has waited its turn.
         retry=Retry(max=settings.job_retries, enqueue_at_front=True) if settings.job_retries > 0 else None,
-        meta={"kind": kind, "params": params, "attempts": 0, "owner": owner, "plan": plan.to_json()},
+        meta={
+            "kind": kind,
+            "params": params,
+            "attempts": 0,
+            "owner": owner,
+            "plan": None if plan is None else plan.to_json(),
+        },
         description=f"{kind} {params.get('method', '')}".strip(),
     )
     return job, True
