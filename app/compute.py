@@ -11,6 +11,7 @@ of the server's pool that /detect needs to decode and resize its images. bench/s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -109,14 +110,45 @@ def yield_on_forward(module: nn.Module) -> None:
     module._dfg_steps_aside = True  # type: ignore[assignment]
 
 
+class AttackThreadsBusy(Exception):
+    """No synchronous attack thread became free within the wait allowed (DFG_SYNC_ATTACK_WAIT_S)."""
+
+
 class AttackExecutor:
-    """The threads synchronous attacks run in (DFG_SYNC_ATTACK_THREADS), apart from the server's thread pool."""
+    """The threads synchronous attacks run in (DFG_SYNC_ATTACK_THREADS), apart from the server's thread pool.
+
+    A request waits for a free thread at most ``wait_s`` (DFG_SYNC_ATTACK_WAIT_S; the route then queues the attack
+    as a job): the pool's own queue would make the twentieth of twenty concurrent requests wait for all the
+    others. A thread counts as taken until its attack returns, even when the request that started it is gone."""
 
     def __init__(self, threads: int) -> None:
+        self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync-attack")
+        self._free: asyncio.Semaphore | None = None  # made in the server's event loop, on first use
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+    async def run(self, fn: Callable[..., T], *args: Any, wait_s: float | None = None) -> T:
+        if self._free is None:
+            self._free = asyncio.Semaphore(self._threads)
+        free, loop = self._free, asyncio.get_running_loop()
+        if not free.locked():
+            await free.acquire()  # a thread is free: no wait (wait_for with a 0 s timeout would not even try)
+        else:
+            try:
+                await asyncio.wait_for(free.acquire(), wait_s)
+            except TimeoutError:
+                raise AttackThreadsBusy(f"no attack thread became free within {wait_s} s") from None
+
+        def release(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the server's loop closed at shutdown
+                loop.call_soon_threadsafe(free.release)
+
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:
+            free.release()
+            raise
+        future.add_done_callback(release)
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

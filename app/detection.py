@@ -45,8 +45,9 @@ class DetectionService:
         self.batcher.close()
         self.attacks.close()
 
-    async def run_attack(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous attack in the attack threads, holding the compute behind /detect's batches."""
+    async def run_attack(self, fn: Callable[..., T], *args: Any, wait_s: float | None = None) -> T:
+        """Run a synchronous attack in the attack threads, holding the compute behind /detect's batches.
+        ``AttackThreadsBusy`` when no thread is free within ``wait_s`` seconds (None: wait as long as it takes)."""
 
         def held() -> T:
             for loaded in self.zoo:  # checkpoints loaded since start-up too (models/zoo.py picks them up)
@@ -54,7 +55,7 @@ class DetectionService:
             with self.lock.attack():
                 return fn(*args)
 
-        return await self.attacks.run(held)
+        return await self.attacks.run(held, wait_s=wait_s)
 
     def model(self, name: str | None) -> LoadedCheckpoint:
         chosen = name or self.default_model

@@ -29,13 +29,8 @@ from app.auth import PUBLIC_OWNER
 from app.errors import IdempotencyConflict, InvalidParameter, JobNotFound, JobNotReady, QueueFull, TooManyRequests
 from app.schemas import JobInfo, JobProgress
 from core import keys
-from core.jobs import AttackJob, PurifyJob
+from core.job_plan import JobPlan, plan_job
 from core.settings import Settings
-from models import attacks
-from models import purify as purifiers
-
-#: The image size at which attack steps are counted (the synchronous budgets and the fast lane alike).
-SYNC_REFERENCE_PIXELS = 512 * 512
 
 _ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 _last_sweep = 0.0
@@ -58,23 +53,29 @@ def queued_count(conn: Redis, settings: Settings) -> int:
         return sum(int(n) for n in pipe.execute())
 
 
-def lane_for(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> str:
-    """The queue a job goes to, by its cost (docs/OPERATIONS.md, "Queues"): cheap purifiers and attacks of at most
-    DFG_FAST_LANE_MAX_STEPS steps (counted at 512 x 512 pixels, as the synchronous budgets) to the fast queue;
-    iterative purifiers (DIP) and larger attacks to the slow one."""
-    if kind == PurifyJob.KIND:
-        spec = purifiers.get(str(params["method"]))
-        return settings.slow_queue if spec.iterative else settings.fast_queue
-    job = AttackJob.from_json(params)
-    attack = attacks.get(job.method)
-    steps = attack.steps(attack.resolve(job.params))
+def header_size(image: bytes) -> tuple[int, int]:
+    """(height, width) from an already validated image's header (0 x 0 if unreadable: the worker refuses it)."""
     try:
         with Image.open(io.BytesIO(image)) as im:  # the header only
-            pixels = im.size[0] * im.size[1]
+            return im.size[1], im.size[0]
     except (OSError, ValueError):
-        pixels = 0
-    scale = max(1.0, pixels / SYNC_REFERENCE_PIXELS)
-    return settings.fast_queue if steps * scale <= settings.fast_lane_max_steps else settings.slow_queue
+        return 0, 0
+
+
+def _plan_if_valid(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> JobPlan | None:
+    """The plan of a job queued without one; None for parameters the worker will refuse (naming them) at once."""
+    height, width = header_size(image)
+    try:
+        return plan_job(settings, kind, params, height=height, width=width)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def lane_for(settings: Settings, kind: str, params: dict[str, Any], image: bytes) -> str:
+    """The queue of a job queued without a plan: its plan's (``core.job_plan``; docs/OPERATIONS.md, "Queues"), or
+    the slow one for parameters the worker will refuse."""
+    plan = _plan_if_valid(settings, kind, params, image)
+    return settings.slow_queue if plan is None else plan.queue(settings)
 
 
 def sweep_abandoned(conn: Redis, settings: Settings, *, min_interval_s: float = 2.0) -> None:
@@ -156,13 +157,19 @@ def enqueue(
     idempotency_key: str | None = None,
     owner: str = PUBLIC_OWNER,
     limit_owner: bool = False,
+    plan: JobPlan | None = None,
 ) -> tuple[Job, bool]:
     """Queue a job on an already validated image, for ``owner`` (app/auth.py). Returns ``(job, created)``.
+
+    ``plan`` is the job's cost plan (``core.job_plan``), made by the route from the parameters it resolved: it picks
+    the queue and travels in the job's meta for the worker; without one it is made here from ``params``.
 
     With an ``idempotency_key`` (``owner``'s own: keys of other owners never clash), concurrent identical requests
     get one job (the others ``created=False``), and a request that differs gets ``IdempotencyConflict``. With
     ``limit_owner``, more than DFG_MAX_JOBS_PER_KEY queued or running jobs of ``owner`` get ``TooManyRequests``.
     """
+    if plan is None:
+        plan = _plan_if_valid(settings, kind, params, image)
     fingerprint = _request_fingerprint(func, params, image)
     job_id = uuid.uuid4().hex
     claim = f"{job_id} {fingerprint}"
@@ -195,7 +202,7 @@ def enqueue(
             f"{waiting} jobs are queued (limit {settings.max_queue_depth}); retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
         )
-    queue = queue_for(conn, settings, lane_for(settings, kind, params, image))
+    queue = queue_for(conn, settings, plan.queue(settings) if plan is not None else settings.slow_queue)
     token = uuid.uuid4().hex
     # The input must outlive every attempt of the job, queued time included.
     input_ttl = settings.result_ttl_s + settings.job_timeout_s * (settings.job_retries + 1)
@@ -210,7 +217,13 @@ def enqueue(
         failure_ttl=settings.failure_ttl_s,
         # A retried job (its worker died, or a transient error) goes back to the front: it has waited its turn.
         retry=Retry(max=settings.job_retries, enqueue_at_front=True) if settings.job_retries > 0 else None,
-        meta={"kind": kind, "params": params, "attempts": 0, "owner": owner},
+        meta={
+            "kind": kind,
+            "params": params,
+            "attempts": 0,
+            "owner": owner,
+            "plan": None if plan is None else plan.to_json(),
+        },
         description=f"{kind} {params.get('method', '')}".strip(),
     )
     return job, True

@@ -120,7 +120,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_routes = [route for router in routers for route in router.routes]  # the 405's Allow header
     page.install(app)
     multipart_without_null(app)
+    if settings.keys_required:
+        bearer_security(app)
     return app
+
+
+#: The name of the API-key scheme in the OpenAPI document (what Swagger's Authorize button offers).
+SECURITY_SCHEME = "apiKey"
+
+
+def bearer_security(app: FastAPI) -> None:
+    """With API keys on, declare them in the OpenAPI document: an HTTP bearer scheme (``Authorization: Bearer
+    <key>``, app/auth.py), required by every operation whose path is not open. Swagger UI (``/docs``) then offers
+    its Authorize button and sends the key with each request it tries."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            SECURITY_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key (`deepfake-guard hash-key` makes its digest for DFG_API_KEYS).",
+            }
+        }
+        for path, item in schema.get("paths", {}).items():
+            if not is_open(path):
+                for operation in item.values():
+                    operation["security"] = [{SECURITY_SCHEME: []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def multipart_without_null(app: FastAPI) -> None:

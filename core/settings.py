@@ -52,6 +52,34 @@ class Settings(BaseSettings):
         description="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Seconds a client has to send a request's head (from connecting, or from the end of the previous "
+        'response); then 408 and the connection closes (docs/OPERATIONS.md, "Connections").',
+    )
+    http_body_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's body once its head has arrived; then the connection "
+        "closes. At least DFG_MAX_UPLOAD_BYTES over the slowest upload link you serve.",
+    )
+    http_keep_alive_s: int = Field(
+        5, ge=1, le=600, description="Seconds an idle kept-alive connection stays open between two requests."
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections (or requests in flight) served at once; a request above it gets 503 at once.",
+    )
+    http_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request head (request line and headers), in bytes; 431 above.",
+    )
 
     # --- exposure: access control, limits per key, browsers (README "Safe to expose") ---
     api_keys: str | None = Field(
@@ -125,7 +153,17 @@ class Settings(BaseSettings):
     )
     max_files: int = Field(32, ge=1, description="Most images in one /detect request.")
     sync_attack_threads: int = Field(
-        1, ge=1, le=64, description="Threads running synchronous attacks; more requests wait for one."
+        1,
+        ge=1,
+        le=64,
+        description="Threads running synchronous attacks; more requests wait for one, up to DFG_SYNC_ATTACK_WAIT_S.",
+    )
+    sync_attack_wait_s: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="Longest a synchronous attack request waits for a free attack thread; then it is queued as a "
+        "job instead (202 + Location), as an attack above the synchronous budget is.",
     )
 
     # --- jobs ---
@@ -158,8 +196,30 @@ class Settings(BaseSettings):
     fast_lane_max_steps: int = Field(
         2000,
         ge=0,
-        description="Queued attacks needing at most this many steps (at 512 x 512 pixels) go to the fast queue "
-        "with the cheap purifiers; the rest, and DIP, to the slow queue.",
+        description="Queued attacks needing at most this many detector steps (at 512 x 512 pixels, times EOT samples "
+        "and face crops) and at most DFG_FAST_LANE_MAX_S expected seconds go to the fast queue with the cheap "
+        "purifiers; the rest, attacks through DIP and DIP itself, to the slow queue (core/job_plan.py).",
+    )
+    fast_lane_max_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Most expected seconds (DFG_ATTACK_STEP_S, DFG_DIP_STEP_S) of a queued attack in the fast queue: "
+        "a cheap job waits at most about this long for each fast job ahead of it.",
+    )
+    attack_step_s: float = Field(
+        0.1,
+        gt=0,
+        le=60,
+        description="Expected seconds of one attack step (a detector's forward and backward pass) on a 512 x 512 "
+        "image, for the jobs' cost plans (core/job_plan.py). Default: the demo detectors on a CPU.",
+    )
+    dip_step_s: float = Field(
+        0.4,
+        gt=0,
+        le=60,
+        description="Expected seconds of one DIP step on a 512 x 512 image, for the jobs' cost plans. Default: a "
+        "CPU (docs/PERFORMANCE.md: ~24 ms at 128 x 128); ~0.02 on a GPU.",
     )
     worker_fast_lane: bool = Field(
         True, description="Each worker also runs a thread that takes fast-queue jobs only, so they never wait for DIP."

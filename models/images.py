@@ -66,6 +66,31 @@ def _check_header(im: Image.Image, *, max_pixels: int, min_side: int) -> None:
         raise ImageTooSmall(f"image is {w} x {h} pixels; each side must be at least {min_side} pixels")
 
 
+#: Start-of-frame markers of Huffman-coded JPEG (baseline, extended, progressive): each 8 x 8 block of the first
+#: component costs at least one bit (its DC code), so such a file has at least a byte per 64 blocks.
+_HUFFMAN_SOF = (0xC0, 0xC1, 0xC2)
+_NOT_SOF = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the 0xC_ range
+
+
+def _check_jpeg_size(data: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG whose header claims far more pixels than its bytes can hold, before decoding it: libjpeg fills a
+    scan that ends early with grey, so 1 KB claiming 6000 x 6000 decoded as 36 Mpx for seconds (README, "Bad input").
+    Walks the segments from SOI to the first start-of-frame marker (an EXIF thumbnail's lies inside APP1)."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
+            if marker in _HUFFMAN_SOF:
+                least = -(-width // 8) * -(-height // 8) // 8
+                if len(data) < least:
+                    raise InvalidImage(
+                        f"the JPEG is {len(data)} bytes but its header declares {width} x {height} pixels, which need "
+                        f"at least {least} bytes: it is truncated or its header is wrong"
+                    )
+            return
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+
+
 def _to_array(im: Image.Image) -> np.ndarray:
     """Pixels as float32 H x W x 3 in [0, 1] from any PIL mode (16-bit, CMYK, palette, alpha...)."""
     mode = im.mode
@@ -100,6 +125,8 @@ def decode_image(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 40
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             _check_header(im, max_pixels=max_pixels, min_side=min_side)
+            if im.format in ("JPEG", "MPO"):
+                _check_jpeg_size(data, *im.size)
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL refuses the header before we can read its size; its own limit is not ours, so it is not quoted.

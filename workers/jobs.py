@@ -7,23 +7,25 @@ returns a JSON-able dict.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import torch
-import torch.nn.functional as F
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
 from core import keys
-from core.jobs import AttackJob, PurifyJob, check_working_size
+from core.job_plan import JobPlan, plan_job
+from core.jobs import AttackJob, PurifyJob, check_working_size, working_size
 from models.facecrop import NoFace, box_from_list, find_faces, label_of, most_fake, purify_faces, score_faces
 from models.faces import Box
 from models.images import decode_image, encode_png
 from models.progress import Progress, ProgressFn, StopFn
+from models.purify.dip import resample
 from models.purify.registry import PurifierSpec
 from workers import context, dip_batches
 
@@ -139,12 +141,17 @@ def _scores(
 
 
 def _fit_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return x
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    """``x`` at the size an iterative purifier works at (``core.jobs.working_size``), clamped to [0, 1]."""
+    return resample(x, working_size(int(x.shape[-2]), int(x.shape[-1]), max_side))
+
+
+def _plan(ctx: context.WorkerContext, job: Job, kind: str, params: dict[str, Any], x: torch.Tensor) -> JobPlan:
+    """The job's cost plan as the API made it (its meta), or made here for a job queued without one."""
+    raw = job.meta.get("plan")
+    if isinstance(raw, dict):
+        with contextlib.suppress(KeyError, TypeError):
+            return JobPlan.from_json(raw)
+    return plan_job(ctx.settings, kind, params, height=int(x.shape[-2]), width=int(x.shape[-1]))
 
 
 def _finish(
@@ -152,9 +159,7 @@ def _finish(
 ) -> tuple[bytes, dict[str, Any]]:
     """Resize back to the upload's size, encode the PNG, and score before/after on every detector."""
     h, w = x.shape[-2:]
-    purified = purified.float().cpu()
-    if tuple(purified.shape[-2:]) != (h, w):
-        purified = F.interpolate(purified[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    purified = resample(purified.float().cpu(), (h, w))
     png = encode_png(purified)
     delivered = decode_image(png, max_bytes=len(png), max_pixels=h * w)
     return png, {"width": w, "height": h, "detectors": _scores(ctx, x, delivered, threshold)}
@@ -203,7 +208,7 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
     kwargs = spec.resolve(spec_job.params)  # a job queued another way is refused here, at once (no retry)
     should_stop = _stop_check(ctx, job)
     if spec_job.crop == "faces":
-        return _purify_faces(ctx, job, spec, spec_job, kwargs, _load_input(ctx, input_key), should_stop)
+        return _purify_faces(ctx, job, spec, spec_job, kwargs, _load_input(ctx, input_key), should_stop, params)
     published = dip_batches.collect(ctx, job, should_stop)
     if published is not None:  # another job's batch purified this one and stored its image
         return published
@@ -230,7 +235,7 @@ def purify(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         dip_batches.release(ctx, followers)
         raise
     if out.steps:  # an iterative run ends between two (throttled) reports, maybe early: record where it ended
-        cap = int(out.params.get("max_iterations", out.steps))
+        cap = _plan(ctx, job, PurifyJob.KIND, params, x).steps or out.steps
         _final_progress(job, iteration=out.steps, max_iterations=cap, stage=f"{spec.name} done ({out.stopped_by})")
         dip_batches.mirror_progress(followers, job.meta["progress"])
     common = {
@@ -259,6 +264,7 @@ def _purify_faces(
     kwargs: dict[str, Any],
     x: torch.Tensor,
     should_stop: StopFn,
+    params: dict[str, Any],
 ) -> dict[str, Any]:
     """crop=faces: each face box purified on its own (an iterative purifier at most DFG_PURIFY_MAX_SIDE a side, as
     a whole image would be) and pasted back; every pixel outside the boxes is the upload's. Never batched."""
@@ -278,7 +284,7 @@ def _purify_faces(
     purified = purify_faces(x, boxes, one)
     last = runs[-1][1]
     if last.steps:
-        cap = int(last.params.get("max_iterations", last.steps))
+        cap = _plan(ctx, job, PurifyJob.KIND, params, x).steps or last.steps
         _final_progress(job, iteration=last.steps, max_iterations=cap, stage=f"{spec.name} done ({last.stopped_by})")
     png = encode_png(purified)
     delivered = decode_image(png, max_bytes=len(png), max_pixels=x.shape[-1] * x.shape[-2])
@@ -372,7 +378,7 @@ def attack(input_key: str, params: dict[str, Any]) -> dict[str, Any]:
         should_stop=_stop_check(ctx, job), crop=spec_job.crop,
         faces=[box_from_list(b) for b in spec_job.faces] or None, threshold=spec_job.threshold,
     )  # fmt: skip
-    budget = spec.steps(spec.resolve(spec_job.params))
+    budget = _plan(ctx, job, AttackJob.KIND, params, x).steps
     ran = outcome.report.iterations
     early = " (stopped early)" if ran < budget else ""
     _final_progress(job, iteration=ran, max_iterations=budget, stage=f"{spec.name} done{early}")

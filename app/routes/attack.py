@@ -13,6 +13,7 @@ from redis import Redis
 from torch import Tensor
 
 from app import jobs
+from app.compute import AttackThreadsBusy
 from app.deps import get_app_settings, get_detection, get_pixel_gate, get_redis
 from app.detection import DetectionService
 from app.errors import InvalidParameter, problem_responses
@@ -23,6 +24,7 @@ from app.routes.detect import ThresholdField
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import AttackResult, JobAccepted
 from app.uploads import form_fields, read_image
+from core.job_plan import plan_attack
 from core.jobs import AttackJob
 from core.settings import Settings
 from models import attacks
@@ -41,9 +43,6 @@ DEFENSE_HELP = (
     "as the defender sees it, through `resubmissions` purifier runs; `none` attacks the bare detector. Its "
     "parameters are the purifier's, prefixed `defense_`. An iterative purifier (DIP) always runs as a queued job."
 )
-#: The image size at which the synchronous step budgets (DFG_PGD_SYNC_MAX_STEPS, DFG_CW_SYNC_MAX_STEPS) count.
-SYNC_REFERENCE_PIXELS = 512 * 512
-
 TARGETED_HELP = (
     "Aim at the other class than the target detector's clean verdict (crafted on `source`) instead of away from "
     "the crafting detector's verdict. Success: the target's label of the delivered file is that class."
@@ -162,30 +161,26 @@ def build_router() -> APIRouter:
             method=method, target=tgt.name, source=src.name, save_format=save_format, params=given,
             defense=None if defended is None else defended[0], threshold=threshold,
         )  # fmt: skip
-        # Through a cheap purifier each attack step costs a detector pass per EOT sample; an iterative purifier
-        # (DIP) costs thousands of steps per pass and is always queued (docs/ATTACKS.md, "Adaptive attacks").
-        cost, queue_anyway = 1, False
-        if defended is not None:
-            d = defended[1]
-            queue_anyway = d.spec.iterative
-            cost = d.eot_samples if d.spec.randomized else 1
         async with gate.hold(await declared_pixels([file])):  # the full-size image, until the attack is done
             data, x = await read_image(file, settings)
             faces = await faces_of(x, crop, file.filename)
             job = replace(job, crop=crop, faces=faces)
-            # An attack works at the upload's own resolution, so a step on a 40 Mpx image costs ~150 at 512 x 512:
-            # steps are counted at SYNC_REFERENCE_PIXELS, and a larger image counts as proportionally more.
-            budget = settings.cw_sync_max_steps if spec.sync_budget == "optimizer" else settings.pgd_sync_max_steps
-            scale = max(1.0, x.shape[-1] * x.shape[-2] / SYNC_REFERENCE_PIXELS) * max(1, len(faces))
-            if not queue_anyway and spec.steps(resolved) * cost * scale <= budget:
+            # One cost plan (core/job_plan.py): synchronous within its budget, else queued in its lane.
+            plan = plan_attack(
+                settings, spec, resolved, None if defended is None else defended[1], height=int(x.shape[-2]),
+                width=int(x.shape[-1]), faces=len(faces),
+            )  # fmt: skip
+            if plan.sync:
                 try:
-                    return await service.run_attack(_run_sync, service, x, job)
+                    return await service.run_attack(_run_sync, service, x, job, wait_s=settings.sync_attack_wait_s)
+                except AttackThreadsBusy:
+                    pass  # no attack thread freed up within DFG_SYNC_ATTACK_WAIT_S: queued as a job instead
                 except ValueError as exc:
                     raise InvalidParameter(str(exc)) from exc
             del x
         body = await queue_job(
             response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, plan=plan,
         )  # fmt: skip
         return JSONResponse(body.model_dump(), status_code=response.status_code, headers={"Location": body.location})
 
@@ -229,7 +224,8 @@ def build_router() -> APIRouter:
         responses={
             200: {"description": "The attack ran within the synchronous budget", "model": AttackResult},
             202: {
-                "description": "Above the synchronous step budget (steps counted at 512 x 512 pixels): queued as a job",
+                "description": "Above the synchronous step budget (steps counted at 512 x 512 pixels), through an "
+                "iterative purifier, or no attack thread free within DFG_SYNC_ATTACK_WAIT_S: queued as a job",
                 "model": JobAccepted,
             },
             **problem_responses(404, 409, 413, 415, 422, 503),

@@ -13,6 +13,7 @@ from app.auth import PUBLIC_OWNER, current_owner
 from app.deps import get_app_settings, get_redis
 from app.errors import problem_responses
 from app.schemas import JobAccepted, JobCancelled, JobInfo
+from core.job_plan import JobPlan
 from core.settings import Settings
 
 router = APIRouter(tags=["jobs"])
@@ -33,9 +34,10 @@ async def queue_job(
     image: bytes,
     params: dict[str, Any],
     idempotency_key: str | None,
+    plan: JobPlan | None = None,
 ) -> JobAccepted:
-    """Queue a job (``jobs.enqueue``) for the request's API key (app/auth.py) and set the response: 202 + Location,
-    or 200 for an idempotent replay."""
+    """Queue a job (``jobs.enqueue``, in the queue of its cost ``plan``) for the request's API key (app/auth.py) and
+    set the response: 202 + Location, or 200 for an idempotent replay."""
     owner = current_owner()
     # Redis calls block: off the event loop, so a slow Redis (up to DFG_REDIS_TIMEOUT_S) stalls only this request.
     job, created = await run_in_threadpool(
@@ -49,6 +51,7 @@ async def queue_job(
             idempotency_key=idempotency_key,
             owner=owner,
             limit_owner=settings.keys_required,
+            plan=plan,
         )
     )
     location = f"/jobs/{job.id}"

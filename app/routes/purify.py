@@ -17,6 +17,7 @@ from app.routes.detect import ThresholdField
 from app.routes.jobs import IdempotencyKey, queue_job
 from app.schemas import JobAccepted
 from app.uploads import form_fields, read_image
+from core.job_plan import plan_purify
 from core.jobs import PurifyJob, check_working_size
 from core.settings import Settings
 from models import purify as purifiers
@@ -74,9 +75,10 @@ def build_router() -> APIRouter:
             except ValueError as exc:
                 raise InvalidParameter(str(exc)) from exc
         job = PurifyJob(method=method, params=params, crop=crop, faces=faces, threshold=threshold)
+        plan = plan_purify(settings, spec, params, height=height, width=width, faces=len(faces))
         return await queue_job(
             response, conn, settings, func=job.FUNC, kind=job.KIND, image=data, params=job.to_json(),
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, plan=plan,
         )  # fmt: skip
 
     help_text = "The purifier: " + "; ".join(f"`{s.name}`: {s.description}" for s in purifiers.PURIFIERS_REGISTRY)

@@ -41,6 +41,7 @@ def _check_detectors(settings: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.http_server import uvicorn_options
     from app.main import create_app
     from core.settings import get_settings
     from deepfake_guard.embedded import DirectoryInUse, EmbeddedRedis, WorkerSupervisor
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     # into SystemExit so that the `finally` below still stops the embedded workers and Redis server.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(create_app(settings), **uvicorn_options(settings))  # timeouts and limits: app/http_server.py
     finally:
         if supervisor is not None:
             supervisor.stop()

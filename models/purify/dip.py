@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -113,6 +114,17 @@ def _pad_to(x: Tensor, multiple: int, minimum: int) -> tuple[Tensor, tuple[int, 
         x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
         ph, pw = ph - step_h, pw - step_w
     return x, (h, w)
+
+
+def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` (3 x H x W in [0, 1]) resized to ``size`` (bilinear, antialiased when shrinking), clamped to [0, 1]:
+    the antialiasing filter has negative lobes and a white highlight comes out ~2e-7 above 1.0, which
+    ``check_images`` would refuse."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    out = F.interpolate(x[None].float(), size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+    return out.clamp(0, 1)
 
 
 def check_images(x: Tensor) -> None:
@@ -280,6 +292,12 @@ def dip_purify(
     )
 
 
+def _steps(params: Mapping[str, Any]) -> int:
+    """The steps a run with resolved ``params`` may take: its ``max_iterations``, else its preset's."""
+    preset = params.get("preset", "default")
+    return resolve_preset(preset, max_iterations=params.get("max_iterations"), stop=None).max_iterations
+
+
 DIP = register(
     PurifierSpec(
         name="dip",
@@ -295,5 +313,6 @@ DIP = register(
         iterative=True,
         batchable=True,
         iterations_param="max_iterations",
+        steps=_steps,
     )
 )

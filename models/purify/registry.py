@@ -7,13 +7,17 @@ N x 3 x H x W images in [0, 1]. One that also takes ``runtime`` is given the wor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
 from models.methods import Method, Registry
+
+
+def _one_shot(params: Mapping[str, Any]) -> int:
+    return 0
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class PurifierSpec(Method):
     #: The parameter bounding its optimisation steps, if any: an adaptive attack may run the purifier inside its
     #: loop with fewer steps than the defence it attacks (``bpda_iterations``).
     iterations_param: str | None = None
+    #: The optimisation steps a run with resolved ``params`` may take (0 for a one-shot purifier): what a job's
+    #: cost plan counts (core/job_plan.py) and its progress runs up to.
+    steps: Callable[[Mapping[str, Any]], int] = _one_shot
 
     kind: ClassVar[str] = "purifier"
 

@@ -86,6 +86,22 @@ def test_bad_images_get_a_named_4xx(client: TestClient, name: str, data: bytes, 
     assert client.post("/detect", files={"file": ("ok.png", png())}).status_code == 200
 
 
+def lying_jpeg(width: int, height: int) -> bytes:
+    """A whole 64 x 64 JPEG (its end marker included) whose frame header claims ``width`` x ``height`` pixels."""
+    data = bytearray(files.encode(files.gradient_rgb(64, 64), "JPEG", quality=90))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_jpeg_claiming_more_pixels_than_its_bytes_hold_is_422(tiny_checkpoints: Path, redis_url: str) -> None:
+    # 1 KB claiming 6000 x 6000: libjpeg filled the missing scan with grey and the API decoded 36 Mpx for seconds.
+    with make_client(tiny_checkpoints, redis_url) as c:
+        resp = c.post("/detect", files={"file": ("liar.jpg", lying_jpeg(6000, 6000))})
+        assert_problem(resp, 422, "truncated or its header is wrong")
+        assert "6000 x 6000" in resp.json()["detail"] and "liar.jpg" in resp.json()["detail"]
+
+
 def test_unusual_but_valid_images_are_scored(client: TestClient) -> None:
     for name, data in [("cmyk.jpg", files.cmyk_jpeg()), ("gray16.png", files.png16_gray())]:
         resp = client.post("/detect", files={"file": (name, data)})

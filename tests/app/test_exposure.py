@@ -56,6 +56,17 @@ def test_without_a_valid_key_every_api_route_is_401(keyed: TestClient) -> None:
     assert keyed.get("/readyz").status_code == 503  # no worker here, but not a 401
 
 
+def test_with_keys_on_the_openapi_document_declares_the_bearer_scheme(keyed: TestClient, client: TestClient) -> None:
+    doc = keyed.get("/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes == {"apiKey": {"type": "http", "scheme": "bearer", "description": schemes["apiKey"]["description"]}}
+    for path, item in doc["paths"].items():
+        for verb, operation in item.items():
+            wanted = [] if path in ("/healthz", "/readyz", "/metrics") else [{"apiKey": []}]
+            assert operation.get("security", []) == wanted, (verb, path)
+    assert "securitySchemes" not in client.get("/openapi.json").json()["components"]  # keys off: nothing to send
+
+
 def test_a_job_of_key_a_is_404_for_key_b_for_get_result_and_delete(keyed: TestClient) -> None:
     job_id = queue_jpeg(keyed, A)
     assert keyed.get(f"/jobs/{job_id}", headers=A).status_code == 200

@@ -43,6 +43,31 @@ def test_detect_is_answered_while_a_synchronous_attack_runs(
     assert detected < attack["ended"], "/detect waited for the whole synchronous attack"
 
 
+def test_a_synchronous_attack_that_finds_no_free_thread_in_time_is_queued(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints, DFG_CW_SYNC_MAX_STEPS="100000", DFG_SYNC_ATTACK_WAIT_S="1")
+    base = processes.api(env)  # one attack thread (DFG_SYNC_ATTACK_THREADS)
+    image = files.encode(files.gradient_rgb(96, 96), "PNG")
+    first: dict[str, int] = {}
+
+    def run_long_attack() -> None:
+        data = {"method": "cw_l2", "search_steps": "4", "max_iterations": "1000", "c": "0.0001", "kappa": "1000"}
+        first["status"] = httpx.post(
+            f"{base}/attack", files={"file": ("a.png", image)}, data=data, timeout=600
+        ).status_code
+
+    thread = threading.Thread(target=run_long_attack)
+    thread.start()
+    time.sleep(2.0)  # the long attack holds the only thread (it takes far longer than this)
+    resp = httpx.post(f"{base}/attack", files={"file": ("b.png", image)}, data={"method": "fgsm"}, timeout=600)
+    assert resp.status_code == 202, resp.text  # within the synchronous budget, but queued rather than waiting
+    assert resp.headers["location"] == f"/jobs/{resp.json()['id']}"
+    assert "status" not in first, "the long attack ended before the second request was answered"
+    thread.join(600)
+    assert first["status"] == 200
+
+
 class Slow(nn.Module):
     def forward(self, x: float) -> float:
         time.sleep(0.05)

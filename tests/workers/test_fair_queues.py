@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import imagefiles as files
 from tests.conftest import Processes, service_env, wait_for
 from tests.workers.test_e2e_jobs import job, poll_until, submit
 
@@ -39,6 +40,32 @@ def test_a_jpeg_job_queued_behind_four_dip_jobs_finishes_within_seconds(
     assert waited < 10, f"the jpeg job took {waited:.1f} s"
     assert job(base, dips[0])["status"] == "started" and job(base, dips[3])["status"] == "queued"
     cancel(base, *dips)
+
+
+def submit_attack(base: str, **data: str) -> str:
+    png = files.encode(files.gradient_rgb(64, 64), "PNG")
+    resp = httpx.post(f"{base}/attack", files={"file": ("a.png", png, "image/png")}, data=data, timeout=60)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def test_a_jpeg_job_finishes_while_attacks_through_dip_run_with_one_worker(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    # Ten PGD steps through DIP (20,000 DIP steps each): the attacks' plan (core/job_plan.py) puts them in the slow
+    # lane, so the worker's fast-lane thread stays free for the cheap job. Counted as 10 steps, both went to the
+    # fast queue before and took both of the worker's loops: the JPEG job waited for one of them to end.
+    env = service_env(redis_url, tiny_checkpoints)
+    base = processes.api(env)
+    processes.worker(env)  # one worker
+    adaptive = {"method": "pgd", "steps": "10", "defense": "dip", "bpda_iterations": "20000"}
+    slow = [submit_attack(base, **adaptive, defense_seed=str(i)) for i in range(2)]
+    wait_for(lambda: any(job(base, j)["status"] == "started" for j in slow), 120, "an attack to start")
+    cheap = submit(base, method="jpeg", quality="50")
+    info, _ = poll_until(base, cheap, {"finished", "failed"}, 120)
+    assert info["status"] == "finished", info
+    assert all(job(base, j)["status"] in ("started", "queued") for j in slow), [job(base, j) for j in slow]
+    cancel(base, *slow)
 
 
 def test_a_retried_job_goes_back_to_the_front_of_its_queue(
