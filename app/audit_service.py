@@ -20,24 +20,13 @@ from rq.job import Job, JobStatus
 
 from app import jobs
 from app.audit_upload import AuditUpload
-from app.errors import InvalidParameter, ProblemError, QueueFull
+from app.errors import AuditNotFound, AuditNotReady, InvalidParameter, QueueFull
 from app.schemas import AuditInfo, ThreatProgress
 from core import audits
 from core.audits import AuditSpec
 from core.settings import Settings
 from models.audit import runner
 from models.audit.profiles import threats_for
-
-
-class AuditNotFound(ProblemError):
-    status = 404
-    title = "Audit not found"
-
-
-class AuditNotReady(ProblemError):
-    status = 404
-    title = "Audit report not ready"
-
 
 #: Bytes of images sent to Redis in one round trip.
 STORE_CHUNK_BYTES = 16 << 20

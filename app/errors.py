@@ -61,6 +61,16 @@ class JobNotReady(ProblemError):
     title = "Job has no result yet"
 
 
+class AuditNotFound(ProblemError):
+    status = 404
+    title = "Audit not found"
+
+
+class AuditNotReady(ProblemError):
+    status = 404
+    title = "Audit report not ready"
+
+
 class QueueFull(ProblemError):
     status = 503
     title = "Queue full"
