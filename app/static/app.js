@@ -1,5 +1,5 @@
 // The try-it page: plain JavaScript on the service's own API (GET /models, /methods; POST /detect, /attack,
-// /purify; GET and DELETE /jobs/{id}). Every verdict shown is the service's own (its label and the threshold it
+// /purify, /audits; GET and DELETE /jobs/{id}, /audits/{id}). Every verdict shown is the service's own (its label and the threshold it
 // used): the page never cuts p_fake itself.
 "use strict";
 
@@ -628,6 +628,102 @@ async function purify(event) {
   }
 }
 
+// ---- 5. audit -------------------------------------------------------------------------------------------
+
+// A robustness audit (POST /audits, docs/AUDIT.md "As a service job"): the page polls GET /audits/{id} and shows the
+// shards done per threat. The report files need the Authorization header when API keys are on, which a plain link
+// cannot send: the page fetches them with it and links their blob: URLs (the HTML report is self-contained).
+const audit = { id: null, busy: false, urls: [] };
+
+function syncAudit() {
+  $("audit-btn").disabled = audit.busy || document.body.dataset.ready !== "true" || !$("audit-file").files.length;
+  $("audit-stop").disabled = !audit.id;
+}
+
+function fillAuditModels() {
+  const select = $("audit-model");
+  const chosen = select.value;
+  select.replaceChildren(...state.models.map((m) => el("option", { value: m.name, text: m.name })));
+  if (state.models.some((m) => m.name === chosen)) select.value = chosen;
+  syncAudit();
+}
+
+function describeAudit(info) {
+  if (info.status === "queued" && info.done === 0) return `queued: ${info.images} images, ${info.total} shards, waiting for a worker`;
+  return `${info.status}: ${info.done} / ${info.total} shards, ${formatEta(info.eta_s)}`;
+}
+
+function showThreats(info) {
+  const list = $("audit-threats");
+  list.replaceChildren(...info.progress.map((t) => el(
+    "li", { "data-threat": t.threat, "data-done": String(t.done), "data-total": String(t.total), class: t.done === t.total ? "done" : "" },
+    el("span", { class: "name", text: t.threat }), el("span", { class: "count", text: `${t.done} / ${t.total}` }),
+  )));
+  list.hidden = false;
+}
+
+// The three report files, fetched with the page's API key, as blob: URLs on the links.
+async function linkReports(id) {
+  for (const url of audit.urls) URL.revokeObjectURL(url);
+  audit.urls = [];
+  const files = [["html", "report.html", "text/html"], ["json", "report.json", "application/json"], ["csv", "per_image.csv", "text/csv"]];
+  for (const [key, name, type] of files) {
+    const bytes = await (await api(`/audits/${id}/${name}`)).arrayBuffer();
+    const url = URL.createObjectURL(new Blob([bytes], { type }));
+    audit.urls.push(url);
+    const link = $(`audit-report-${key}`);
+    link.href = url;
+    link.dataset.path = `/audits/${id}/${name}`;
+  }
+  $("audit-reports").hidden = false;
+}
+
+async function runAudit(event) {
+  event.preventDefault();
+  clearError();
+  const form = new FormData();
+  const file = $("audit-file").files[0];
+  form.append("file", file, file.name);
+  form.append("model", $("audit-model").value);
+  form.append("profile", $("audit-profile").value);
+  const eps = $("audit-eps").value.trim();
+  if (eps) form.append("eps", eps);
+  audit.busy = true;
+  syncAudit();
+  $("audit-reports").hidden = true;
+  $("audit-threats").hidden = true;
+  const block = $("audit-progress");
+  block.dataset.status = "";
+  try {
+    setProgress(block, 0, "uploading…");
+    const accepted = await (await api("/audits", { method: "POST", body: form })).json();
+    audit.id = accepted.id;
+    syncAudit();
+    for (;;) {
+      const info = await (await api(`/audits/${accepted.id}`)).json();
+      block.dataset.status = info.status;
+      setProgress(block, info.total ? info.done / info.total : 0, describeAudit(info));
+      showThreats(info);
+      if (info.status === "finished") break;
+      if (info.status === "stopped") return;
+      if (info.status === "failed") throw new ApiError(`Audit ${accepted.id} failed: ${info.error || "no reason given"}`);
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+    audit.id = null;
+    syncAudit();
+    await linkReports(accepted.id);
+    setProgress(block, 1, `finished: ${accepted.images} images, ${accepted.shards} shards`);
+  } finally {
+    audit.id = null;
+    audit.busy = false;
+    syncAudit();
+  }
+}
+
+async function stopAudit() {
+  if (audit.id) await api(`/audits/${audit.id}`, { method: "DELETE" });
+}
+
 // ---- start ----------------------------------------------------------------------------------------------
 
 // The service's detectors and methods; again after an API key is entered.
@@ -635,6 +731,7 @@ async function start() {
   await Promise.all([loadModels(), loadMethods()]);
   delete document.body.dataset.auth;
   document.body.dataset.ready = "true";
+  fillAuditModels();
 }
 
 function useKey(event) {
@@ -659,6 +756,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("purify-form").addEventListener("submit", (e) => purify(e).catch(showError));
   $("purify-method").addEventListener("change", () => syncParams("purify"));
   $("purify-stop").addEventListener("click", () => stopJob("purify").catch(showError));
+  $("audit-form").addEventListener("submit", (e) => runAudit(e).catch(showError));
+  $("audit-file").addEventListener("change", syncAudit);
+  $("audit-stop").addEventListener("click", () => stopAudit().catch(showError));
   syncButtons();
   start().catch(showError);
 });

@@ -12,12 +12,14 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from redis import Redis
@@ -26,7 +28,7 @@ from skimage import data
 from app.auth import hash_key
 from deepfake_guard.embedded import EmbeddedRedis
 from models.checkpoint import DEMO_CHECKPOINTS
-from tests.conftest import ROOT, Processes, service_env
+from tests.conftest import ROOT, Processes, make_tiny_checkpoint, service_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
@@ -42,6 +44,10 @@ API_KEY = "page-test-key"
 CALIBRATED = "calibrated-resnet18"
 #: The face in skimage's astronaut (512 x 512), as found by hand (tests/app/test_faces_api.py).
 ASTRONAUT_FACE = (222, 125)
+#: The key of the audit service (API keys on: the report links must carry it).
+AUDIT_KEY = "audit-page-key"
+#: An audit of 8 images at 32 px (quick profile, one eps) on one loaded CI core: minutes; no timing is asserted.
+AUDIT_TIMEOUT_MS = 600_000
 #: Records every value the purification progress bar shows (its aria-valuenow, in percent).
 WATCH_PROGRESS = """bar => {
   window.progressSeen = [];
@@ -451,4 +457,95 @@ def test_with_api_keys_on_the_page_asks_for_the_key_then_works(browser: Any, key
     assert authorized and set(authorized) == {f"Bearer {API_KEY}"}, set(authorized)
     stored = page.evaluate("[sessionStorage.length, localStorage.length, Object.values(sessionStorage)]")
     assert stored == [1, 0, [API_KEY]], stored  # this tab only, never localStorage
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def audit_service(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API and one worker with a tiny detector (tests/conftest.py), API keys on: an audit the page can run."""
+    checkpoints = tmp_path_factory.mktemp("audit-page-ckpt")
+    make_tiny_checkpoint(checkpoints, "tiny-vgg", arch="vgg16_slim", seed=0)
+    procs = Processes(tmp_path_factory.mktemp("audit-page-service"))
+    try:
+        env = service_env(redis_server.url, checkpoints, DFG_API_KEYS=hash_key(AUDIT_KEY), DFG_HEARTBEAT_S="1")
+        base = procs.api(env)
+        procs.worker(env)
+        yield base
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.stop()
+
+
+def audit_zip(folders: tuple[str, ...] = ("fake", "real"), n: int = 4, size: int = 32) -> bytes:
+    """``n`` PNGs per folder: flat-toned "fakes", noisy "reals" (as tests/workers/test_audit_jobs.py's data_zip)."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for folder in folders:
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                if folder == "fake":
+                    pixels = (pixels // 64 * 64).astype(np.uint8)
+                z.writestr(f"{folder}/{i}.png", png(pixels))
+    return buf.getvalue()
+
+
+def open_keyed(browser: Any, base: str) -> tuple[Any, Any]:
+    context, page, _ = open_page(browser, base, 1280, 900, ready=False)
+    page.wait_for_selector("#error:has-text('needs an API key')")
+    page.fill("#api-key", AUDIT_KEY)
+    page.click("#api-key-btn")
+    page.wait_for_selector("body[data-ready='true']")
+    return context, page
+
+
+def test_an_audit_runs_from_the_page_and_its_report_opens_with_api_keys_on(browser: Any, audit_service: str) -> None:
+    context, page = open_keyed(browser, audit_service)
+    assert options(page, "#audit-model") == ["tiny-vgg"]
+    assert options(page, "#audit-profile") == ["quick", "standard"]
+    assert page.is_disabled("#audit-btn")  # no zip yet
+    page.set_input_files("#audit-file", {"name": "data.zip", "mimeType": "application/zip", "buffer": audit_zip()})
+    page.fill("#audit-eps", "8/255")  # one budget: a small audit
+    page.click("#audit-btn")
+    page.wait_for_selector("#audit-threats li")
+    threats = page.locator("#audit-threats li")
+    names = [threats.nth(i).get_attribute("data-threat") for i in range(threats.count())]
+    assert "clean" in names and len(names) > 2, names
+    page.wait_for_selector("#audit-reports:not([hidden])", timeout=AUDIT_TIMEOUT_MS)
+    assert page.is_hidden("#error"), page.inner_text("#error")
+    assert page.get_attribute("#audit-progress", "data-status") == "finished"
+    assert page.get_attribute("#audit-progress .bar", "aria-valuenow") == "100"
+    for i in range(threats.count()):  # every threat's shards done
+        assert threats.nth(i).get_attribute("data-done") == threats.nth(i).get_attribute("data-total")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#audit-section").screenshot(path=str(ARTIFACTS / "audit-panel.png"))
+    # The report files came with the key (a plain link could not send it): blob: URLs of the fetched bytes.
+    hrefs = [str(page.get_attribute(f"#audit-report-{k}", "href")) for k in ("html", "json", "csv")]
+    assert all(h.startswith("blob:") for h in hrefs), hrefs
+    record = json.loads(page.evaluate("url => fetch(url).then(r => r.text())", hrefs[1]))
+    assert record["name"] == "tiny-vgg", record
+    csv_head = page.evaluate("url => fetch(url).then(r => r.text())", hrefs[2]).splitlines()[0]
+    assert "," in csv_head, csv_head
+    with context.expect_page() as opened:
+        page.click("#audit-report-html")
+    report = opened.value
+    report.wait_for_selector(".summary")
+    summary = report.inner_text(".summary")
+    assert "tiny-vgg" in summary and "of clean fakes pass as real" in summary, summary
+    shoot(report, "audit-report.png")
+    context.close()
+
+
+def test_a_zip_without_fake_or_real_shows_the_services_message(browser: Any, audit_service: str) -> None:
+    context, page = open_keyed(browser, audit_service)
+    page.set_input_files(
+        "#audit-file", {"name": "pets.zip", "mimeType": "application/zip", "buffer": audit_zip(("cats", "dogs"), n=1)}
+    )
+    page.click("#audit-btn")
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.inner_text("#error")
+    assert "POST /audits failed (422)" in text and "cats" in text, text
+    assert page.is_hidden("#audit-reports") and page.is_enabled("#audit-btn")
     context.close()
