@@ -1,6 +1,6 @@
 // The try-it page: plain JavaScript on the service's own API (GET /models, /methods; POST /detect, /attack,
-// /purify, /audits; GET and DELETE /jobs/{id}, /audits/{id}). Every verdict shown is the service's own (its label and the threshold it
-// used): the page never cuts p_fake itself.
+// /purify, /audits; GET and DELETE /jobs/{id}, /audits/{id}). Every verdict shown is the service's own (its label
+// and the threshold it used): the page never cuts p_fake itself.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
