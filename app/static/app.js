@@ -650,6 +650,7 @@ function fillAuditModels() {
 
 function describeAudit(info) {
   if (info.status === "queued" && info.done === 0) return `queued: ${info.images} images, ${info.total} shards, waiting for a worker`;
+  if (info.status === "stopped") return `stopped: ${info.done} / ${info.total} shards, no report`;
   return `${info.status}: ${info.done} / ${info.total} shards, ${formatEta(info.eta_s)}`;
 }
 

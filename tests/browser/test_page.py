@@ -553,3 +553,19 @@ def test_a_zip_without_fake_or_real_shows_the_services_message(browser: Any, aud
     assert "POST /audits failed (422)" in text and "cats" in text, text
     assert page.is_hidden("#audit-reports") and page.is_enabled("#audit-btn")
     context.close()
+
+
+def test_a_running_audit_stops(browser: Any, audit_service: str) -> None:
+    """The standard profile (its larger budgets, five eps) runs for minutes on the one worker: Stop DELETEs it."""
+    context, page = open_keyed(browser, audit_service)
+    page.set_input_files("#audit-file", {"name": "data.zip", "mimeType": "application/zip", "buffer": audit_zip()})
+    page.select_option("#audit-profile", "standard")
+    page.click("#audit-btn")
+    page.wait_for_selector("#audit-stop:enabled")
+    assert page.is_disabled("#audit-btn")  # one audit at a time
+    page.click("#audit-stop")
+    page.wait_for_selector("#audit-progress[data-status='stopped']")
+    assert "no report" in page.inner_text("#audit-progress .progress-text")
+    assert page.is_hidden("#error") and page.is_hidden("#audit-reports")
+    assert page.is_enabled("#audit-btn") and page.is_disabled("#audit-stop")
+    context.close()
