@@ -368,3 +368,28 @@ def test_cw_peers_bench_judges_ours_and_each_importable_peer_alike(
     if "foolbox" in libraries:
         foolbox = [r for r in rows if r["library"] == "foolbox"]
         assert len(foolbox) == 4 and all(r["grad_calls_per_image"] == r["iterations_per_image"] for r in foolbox)
+
+
+def test_audit_bench_times_every_threat_of_the_plan(
+    tmp_path: Path, gpu_machine_site: Path, demo_test_split: tuple[Path, object]
+) -> None:
+    report = bench(
+        "audit.py",
+        tmp_path / "audit.json",
+        *("--data", str(demo_test_split[0]), "--n", "4", "--eps", "8/255", "--threads", "1"),
+        site=gpu_machine_site,
+    )
+    assert report["n"] == 4 and report["n_fake"] == 2 and report["profile"] == "quick"
+    rows = report["rows"]
+    threats = [r["threat"] for r in rows]
+    # one row per threat of the quick profile, each timed once: the clean pass, laundering, one white-box eps
+    assert len(threats) == len(set(threats)) and threats[0] == "clean"
+    assert "linf_suite(budget=quick, eps=8/255)" in threats and any(t.startswith("eot_pgd") for t in threats)
+    assert sum(r["shards"] for r in rows) == report["shards"] == len(rows)  # 4 images: one shard per threat
+    summary = report["summary"]
+    assert all(r["seconds"] > 0 for r in rows)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=0.05)  # the threats are (nearly) all the wall
+    assert summary["images_per_s"] == pytest.approx(4 / summary["wall_s"])
+    assert summary["eps"] == "8/255" and 0.0 <= summary["clean_acc"] <= 100.0
+    assert 0.0 <= summary["autoattack_acc"] <= 100.0
+    assert set(summary["evasion"]) == set(threats) and "of clean fakes pass as real" in summary["sentence"]
