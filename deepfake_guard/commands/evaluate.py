@@ -53,7 +53,11 @@ def add_parser(subparsers: Any) -> None:
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="the paper's sizes (GPU)")
     p.set_defaults(mode="quick")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads (default: 1 with --quick, whose small batches gain nothing from more and lose much on "
+        "a busy machine (docs/RESULTS.md); torch's choice otherwise)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
     o = p.add_argument_group("size overrides (stated in the report)")
     o.add_argument("--n-per-class", type=int, default=None, help="attacked test images per class")
@@ -144,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from models.evaluation import evaluate, write_outputs
     from models.progress import Progress
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = 1 if args.threads is None and args.mode == "quick" else args.threads
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
