@@ -51,6 +51,7 @@ def attack_faces(
     find: Callable[[Tensor], list[Box]] = find_faces,
     threshold: float = DEFAULT_THRESHOLD,
     source_threshold: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> FaceAttack:
     """Attack the faces ``boxes`` of one photo ``x`` (3 x H x W, [0, 1], on the detectors' device).
 
@@ -77,7 +78,7 @@ def attack_faces(
 
     check_stop(should_stop, 0)
     crafter = at_threshold(tgt, threshold) if src is None else at_threshold(src, src_threshold)
-    crafted = spec.run(crafter, copies, y, kwargs, progress=progress, should_stop=should_stop)
+    crafted = spec.run(crafter, copies, y, kwargs, progress=progress, should_stop=should_stop, generator=generator)
     adv = merge_faces(x, crafted.adv.detach(), boxes)
     delivered, blobs = deliver(adv[None], save_format)
     file = delivered[0].to(x.device)

@@ -263,6 +263,7 @@ def attack_in_zoo(
     crop: str = "none",
     faces: Sequence[Box] | None = None,
     threshold: float | None = None,
+    seed: int = 0,
 ) -> AttackOutcome:
     """Attack one image (3 x H x W, [0, 1]) on the zoo's ``target``, crafted on ``source`` (a black-box transfer
     when it names another detector), delivered as ``save_format``; ``defense`` (``adaptive.resolve_defense``'s
@@ -272,11 +273,14 @@ def attack_in_zoo(
     the upload's boxes when the caller has found them already (found here otherwise); none is a ``NoFace``.
 
     ``threshold``: the request's operating threshold for the target's verdicts (None: the target checkpoint's
-    fitted one, else 0.5, as /detect decides); the source judges by its own checkpoint's."""
+    fitted one, else 0.5, as /detect decides); the source judges by its own checkpoint's. The attack's random draws
+    (random starts, CW's initial noise) come from a generator seeded with ``seed``: the same request gives the same
+    answer, whatever ran in the process before."""
     tgt = zoo.get(target)
     src = zoo.get(source) if source and source != target else None
     cut, cut_source = tgt.meta.operating_point(threshold)
     src_cut = src.meta.operating_point()[0] if src is not None else None
+    generator = torch.Generator(device=zoo.device).manual_seed(seed)
     defended = resolve_defense(defense)
     check_adaptive_crop(crop, defended is not None)
     face_body: dict[str, Any] = {"faces_before": None, "faces": None}  # the answer's fields whatever the crop
@@ -290,7 +294,7 @@ def attack_in_zoo(
         done = attack_faces(
             method, tgt.detector, on_device, boxes, source=src.detector if src else None, params=params,
             save_format=save_format, progress=progress, should_stop=should_stop, threshold=cut,
-            source_threshold=src_cut,
+            source_threshold=src_cut, generator=generator,
         )  # fmt: skip
         report = done.report
         face_body = {
@@ -301,7 +305,7 @@ def attack_in_zoo(
         report = attack_and_measure(
             method, tgt.detector, x.unsqueeze(0).to(zoo.device), source=src.detector if src else None,
             params=params, save_format=save_format, defense=defended, progress=progress, should_stop=should_stop,
-            threshold=cut, source_threshold=src_cut,
+            threshold=cut, source_threshold=src_cut, generator=generator,
         )[0]  # fmt: skip
     body = {**report.metrics(), "crop": crop, **face_body, "threshold": cut, "threshold_source": cut_source}
     body["target"] = {"name": tgt.name, "sha256": tgt.sha256}

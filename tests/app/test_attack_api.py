@@ -266,3 +266,13 @@ def test_a_synchronous_answer_is_what_its_openapi_schema_says(client: TestClient
     spec = client.get("/openapi.json").json()
     ok = spec["paths"]["/attack"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/AttackResult"}
+
+
+def test_the_same_request_gives_the_same_answer_whatever_ran_before(client: TestClient) -> None:
+    """The attack's random draws (CW's initial noise, PGD's start) come from a seeded generator, not the process's
+    global one: a test that had drawn from it before once turned a targeted CW success into a failure."""
+    data = {"method": "cw_l2", "kappa": "0", "search_steps": "2", "max_iterations": "10", "target": "tiny-resnet"}
+    first = client.post("/attack", files={"file": ("g.png", image())}, data=data).json()
+    torch.rand(1000)  # what any other code in the process might draw
+    second = client.post("/attack", files={"file": ("g.png", image())}, data=data).json()
+    assert first["adversarial"] == second["adversarial"] and first["l2"] == second["l2"]
