@@ -31,18 +31,21 @@ from benchio import save_report
 
 from models import checkpoint
 from models.attacks.adaptive import BpdaMode, Defense, judge
+from models.attacks.apgd import APGD_CE
 from models.attacks.measure import attack_and_measure
+from models.attacks.pgd import PGD
 from models.checkpoint import DEMO_CHECKPOINTS
 from models.data.folder import list_images, read_image
 from models.detector import FAKE_INDEX
 from models.evaluation.robustness import BUDGETS, run_suite
 from models.images import psnr
+from models.purify.simple import BITDEPTH, JPEG, MEDIAN
 
 #: The backward passes compared per purifier: BPDA identity against what else it has.
 CANDIDATES: dict[str, tuple[BpdaMode, ...]] = {
-    "jpeg": ("identity", "approx"),
-    "median": ("identity", "exact"),
-    "bitdepth": ("identity", "approx"),
+    JPEG.name: ("identity", "approx"),
+    MEDIAN.name: ("identity", "exact"),
+    BITDEPTH.name: ("identity", "approx"),
 }
 
 
@@ -141,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.pgd_steps < 1 or args.apgd_steps < 1:
         ap.error("--n, --pgd-steps and --apgd-steps must be >= 1")
     torch.set_num_threads(args.threads)
-    own = {"jpeg": {"quality": args.quality}, "median": {"kernel_size": 3}, "bitdepth": {"bits": args.bits}}
+    own = {JPEG.name: {"quality": args.quality}, MEDIAN.name: {"kernel_size": 3}, BITDEPTH.name: {"bits": args.bits}}
     attacks = {}
     for given in args.eps:
         eps = float(Fraction(given))
-        attacks[f"pgd@{given}"] = ("pgd", {"eps": eps, "steps": args.pgd_steps, "step_size": eps / 4})
-        attacks[f"apgd_ce@{given}"] = ("apgd_ce", {"eps": eps, "steps": args.apgd_steps})
+        attacks[f"{PGD.name}@{given}"] = (PGD.name, {"eps": eps, "steps": args.pgd_steps, "step_size": eps / 4})
+        attacks[f"{APGD_CE.name}@{given}"] = (APGD_CE.name, {"eps": eps, "steps": args.apgd_steps})
     pool = fake_pool(args.data, args.n)
     report = report_head(args)
     report["fidelity"] = {}
