@@ -46,7 +46,7 @@ def test_pages_load_only_the_services_own_assets(client: TestClient, path: str) 
 def test_the_page_only_calls_existing_routes(client: TestClient) -> None:
     script = (STATIC_DIR / "app.js").read_text()
     called = set(re.findall(r"""api\(\s*[`"'](/[a-z]+)""", script))
-    assert called == {"/models", "/methods", "/detect", "/attack", "/purify", "/jobs", "/static"}, called
+    assert called == {"/models", "/methods", "/detect", "/attack", "/purify", "/jobs", "/audits", "/static"}, called
     paths = client.get("/openapi.json").json()["paths"]
     for prefix in called - {"/static"}:
         assert any(p == prefix or p.startswith(prefix + "/") for p in paths), prefix

@@ -28,7 +28,7 @@ from skimage import data
 from app.auth import hash_key
 from deepfake_guard.embedded import EmbeddedRedis
 from models.checkpoint import DEMO_CHECKPOINTS
-from tests.conftest import ROOT, Processes, make_tiny_checkpoint, service_env
+from tests.conftest import ROOT, Processes, make_tiny_checkpoint, redis_in_tmp, service_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
@@ -461,21 +461,23 @@ def test_with_api_keys_on_the_page_asks_for_the_key_then_works(browser: Any, key
 
 
 @pytest.fixture(scope="module")
-def audit_service(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API and one worker with a tiny detector (tests/conftest.py), API keys on: an audit the page can run."""
+def audit_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API and one worker with a tiny detector (tests/conftest.py), API keys on: an audit the page can run. Its
+    own Redis: the module's other services keep their workers, which know no tiny-vgg, on the shared one."""
     checkpoints = tmp_path_factory.mktemp("audit-page-ckpt")
     make_tiny_checkpoint(checkpoints, "tiny-vgg", arch="vgg16_slim", seed=0)
     procs = Processes(tmp_path_factory.mktemp("audit-page-service"))
-    try:
-        env = service_env(redis_server.url, checkpoints, DFG_API_KEYS=hash_key(AUDIT_KEY), DFG_HEARTBEAT_S="1")
-        base = procs.api(env)
-        procs.worker(env)
-        yield base
-    except BaseException:
-        print(procs.logs())
-        raise
-    finally:
-        procs.stop()
+    with redis_in_tmp(appendonly=False) as redis:
+        try:
+            env = service_env(redis.url, checkpoints, DFG_API_KEYS=hash_key(AUDIT_KEY), DFG_HEARTBEAT_S="1")
+            base = procs.api(env)
+            procs.worker(env)
+            yield base
+        except BaseException:
+            print(procs.logs())
+            raise
+        finally:
+            procs.stop()
 
 
 def audit_zip(folders: tuple[str, ...] = ("fake", "real"), n: int = 4, size: int = 32) -> bytes:
