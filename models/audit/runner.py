@@ -19,7 +19,7 @@ import torch
 
 from models.audit import sanity, stats
 from models.audit.profiles import Threat, eps_text
-from models.audit.threats import AuditTarget, Shard
+from models.audit.threats import AuditTarget, Shard, fit_native
 from models.data.folder import IMAGE_EXTENSIONS, read_image
 from models.detector import CLASS_NAMES, FAKE_INDEX
 from models.images import encode_png
@@ -88,10 +88,12 @@ def shard_seed(seed: int, part: ShardPlan) -> int:
 def run_shard(target: AuditTarget, data: AuditData, part: ShardPlan, *, seed: int) -> dict[str, Any]:
     """One shard's result, JSON-able (what a worker stores): p_fake and details per image, the gallery as base64."""
     native = [data.native(i) for i in range(part.start, part.stop)]
-    device = target.detector.get_buffer("mean").device
-    with torch.no_grad():
-        fitted = torch.stack([target.detector.fitting.apply(x[None].to(device))[0] for x in native])
-    shard = Shard(native=native, fitted=fitted, labels=data.labels[part.start : part.stop], seed=shard_seed(seed, part))
+    shard = Shard(
+        native=native,
+        fitted=fit_native(target, native),
+        labels=data.labels[part.start : part.stop],
+        seed=shard_seed(seed, part),
+    )
     judged = part.threat.spec.fn(target, shard, part.threat.kwargs)
     return {
         "key": part.key,

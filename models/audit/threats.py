@@ -127,11 +127,16 @@ def _device(target: AuditTarget) -> torch.device:
     return target.detector.get_buffer("mean").device
 
 
+@torch.no_grad()
+def fit_native(target: AuditTarget, images: Sequence[Tensor]) -> Tensor:
+    """Images at their own sizes, each fitted by the detector as /detect fits it: N x 3 x h x w on its device."""
+    device = _device(target)
+    return torch.stack([target.detector.fitting.apply(x[None].to(device))[0] for x in images])
+
+
 def _score_native(target: AuditTarget, images: Sequence[Tensor]) -> list[float]:
     """p_fake of images at their own sizes, each fitted by the detector as /detect fits it."""
-    det, device = target.detector, _device(target)
-    fitted = torch.stack([det.fitting.apply(x[None].to(device))[0] for x in images])
-    return _p_fake(det.prefitted(), fitted).tolist()
+    return _p_fake(target.detector.prefitted(), fit_native(target, images)).tolist()
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -265,15 +270,6 @@ LINF_SUITE = register(ThreatSpec(
     (_eps_param(8 / 255), Param("budget", str, "attack budgets", default="quick", choices=tuple(BUDGETS))),
     attack=True,
 ))  # fmt: skip
-
-
-def _pgd_reports(model: nn.Module, target: AuditTarget, x: Tensor, y: Tensor, params: Mapping[str, Any], seed: int,
-                 threshold: float) -> list[Any]:  # fmt: skip
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    return attack_and_measure(
-        PGD.name, model, x, params={"eps": params["eps"], "steps": params["steps"]}, y=y, generator=gen,
-        threshold=threshold,
-    )  # fmt: skip
 
 
 def _eot_pgd(target: AuditTarget, shard: Shard, params: Mapping[str, Any]) -> Judged:
