@@ -85,8 +85,12 @@ class FormField:
         kinds = {p.kind for _, p in self.declarations}
         if len(kinds) > 1:
             raise ValueError(f"form field {self.name!r} is declared with different types by {self.methods}")
+        meanings: dict[str, list[str]] = {}  # an eps is an L-inf budget for most attacks, an L2 one for others
+        for method, p in self.declarations:
+            meanings.setdefault(p.description, []).append(method)
+        said = [first.description] + [f"{', '.join(ms)}: {d}" for d, ms in meanings.items() if d != first.description]
         description = (
-            f"{first.description[:1].upper()}{first.description[1:]}. "
+            f"{first.description[:1].upper()}{'; '.join(said)[1:]}. "
             + "; ".join(f"{m}: default {d}" for m, d in self.defaults())
             + " (docs/METHODS.md)."
         )

@@ -27,13 +27,18 @@ def test_the_quick_audit_writes_a_valid_record_a_self_contained_report_and_a_csv
     argv = ["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--out", str(out), "--eps", "4/255",
             "8/255", "--transfer-from", str(DEMO_CHECKPOINTS / "demo-vgg16"), "--set", "eot_pgd.steps=3",
             "--set", "eot_pgd.eot=2", "--set", "transfer.steps=2", "--set", "through_defense.steps=2",
-            "--defense", "jpeg", "--shard-size", "3", "--threads", "1"]  # fmt: skip
+            "--defense", "jpeg", "--shard-size", "3", "--threads", "1", "--l2-rms", "2/255"]  # fmt: skip
     assert cli(argv) == 0
     record = json.loads((out / "report.json").read_text())
     jsonschema.validate(record, json.loads(SCHEMA.read_text()))
     families = {r["family"] for r in record["threats"]}
-    assert families == {"clean", "sanity", "laundering", "white-box Linf", "survives laundering", "transfer",
-                        "through a defence"}  # fmt: skip
+    assert families == {"clean", "sanity", "laundering", "white-box Linf", "white-box L2", "survives laundering",
+                        "transfer", "through a defence"}  # fmt: skip
+    (l2_row,) = [r for r in record["threats"] if r["name"] == "l2_suite"]
+    size = record["detector"]["fitting"]["input_size"]
+    assert l2_row["input_size"] == [3, *size] and l2_row["eps_l2"] == pytest.approx(
+        2 / 255 * (3 * size[0] * size[1]) ** 0.5
+    )
     assert record["eps"] == "8/255" and record["profile"]["overrides"]["eot_pgd"] == {"steps": 3, "eot": 2}
     assert next(r for r in record["threats"] if r["name"] == "eot_pgd")["params"]["steps"] == 3
     assert record["detector"]["demo_data"] is True and record["threshold_source"] == "default"

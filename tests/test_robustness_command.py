@@ -13,7 +13,7 @@ from PIL import Image
 
 from deepfake_guard.cli import main
 from deepfake_guard.commands.robustness import SCHEMA, parse_eps
-from models.evaluation.robustness import SUITE
+from models.evaluation.robustness import SUITE, SUITE_L2
 
 
 def tiny_folder(root: Path, per_class: int = 3) -> Path:
@@ -25,9 +25,9 @@ def tiny_folder(root: Path, per_class: int = 3) -> Path:
     return root
 
 
-def run(tmp_path: Path, checkpoints: Path, *extra: str) -> dict[str, object]:
+def run(tmp_path: Path, checkpoints: Path, *extra: str, eps: str = "8/255") -> dict[str, object]:
     out = tmp_path / "r.json"
-    argv = ["robustness", str(checkpoints / "tiny-vgg"), str(tiny_folder(tmp_path / "data")), "--eps", "8/255"]
+    argv = ["robustness", str(checkpoints / "tiny-vgg"), str(tiny_folder(tmp_path / "data")), "--eps", eps]
     argv += ["--budget", "quick", "-n", "4", "--device", "cpu", "-o", str(out), *extra]
     assert main(argv) == 0
     record: dict[str, object] = json.loads(out.read_text())
@@ -53,6 +53,16 @@ def test_the_record_validates_and_adds_up(tmp_path: Path, tiny_checkpoints: Path
     assert record["preprocessing"]["defense"] is None  # type: ignore[index]
 
 
+def test_the_l2_suite_writes_an_l2_record(tmp_path: Path, tiny_checkpoints: Path) -> None:
+    record = run(tmp_path, tiny_checkpoints, "--norm", "l2", eps="1.5")
+    assert record["threat_model"] == "L2" and record["norm"] == "l2" and record["eps"] == 1.5
+    assert record["eps_text"] == "1.5"
+    assert [a["name"] for a in record["attacks"]] == [s.name for s in SUITE_L2]  # type: ignore[union-attr]
+    for i in record["per_image"]:  # type: ignore[union-attr]
+        assert list(i["attacks"]) == [s.name for s in SUITE_L2]
+    assert record["unreliable"] is False and record["flags"] == []  # a plain detector, no defence
+
+
 @pytest.mark.slow
 def test_the_record_states_the_defense(tmp_path: Path, tiny_checkpoints: Path) -> None:
     record = run(tmp_path, tiny_checkpoints, "--defense", "bitdepth", "--defense-bits", "4")
@@ -70,6 +80,10 @@ def test_bad_requests_are_refused(tmp_path: Path, tiny_checkpoints: Path, capsys
     assert "nope" in capsys.readouterr().out
     argv = ["robustness", str(tiny_checkpoints / "tiny-vgg"), data, "--defense-bits", "3"]
     assert main(argv) == 2 and "--defense-bits" in capsys.readouterr().out
+    argv = ["robustness", str(tiny_checkpoints / "tiny-vgg"), data, "--eps", "2"]  # an L-inf budget above 1
+    assert main(argv) == 2 and "eps must be in (0, 1]" in capsys.readouterr().out
+    argv = ["robustness", str(tiny_checkpoints / "tiny-vgg"), data, "--eps", "-1", "--norm", "l2"]
+    assert main(argv) == 2 and "positive L2 norm" in capsys.readouterr().out
     invalid = {"name": "x"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(invalid, json.loads(SCHEMA.read_text()))

@@ -14,7 +14,7 @@ const THRESHOLD_SOURCES = {
   default: "the default: no calibrated threshold",
 };
 // Display names of the attacks; one registered later is shown by its own name.
-const ATTACK_NAMES = { fgsm: "FGSM", pgd: "PGD", cw_l2: "Carlini-Wagner L2", apgd_ce: "APGD-CE", fab: "FAB", square: "Square" };
+const ATTACK_NAMES = { fgsm: "FGSM", pgd: "PGD", cw_l2: "Carlini-Wagner L2", apgd_ce: "APGD-CE", apgd_ce_l2: "APGD-CE (L2)", fab: "FAB", fab_l2: "FAB (L2)", square: "Square" };
 const PURIFIER_NAMES = { dip: "Deep Image Prior", jpeg: "JPEG", median: "Median filter", bitdepth: "Bit depth" };
 
 const state = {

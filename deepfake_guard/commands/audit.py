@@ -33,6 +33,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="operating threshold (default: the checkpoint's fitted one, else 0.5)")  # fmt: skip
     p.add_argument("--eps", type=float_text, nargs="+", default=None, help="L-inf budgets of the white-box curve")
+    p.add_argument("--l2-rms", type=float_text, nargs="+", default=None, metavar="RMS",
+                   help="budgets of the white-box L2 curve, per pixel (root-mean-square change, e.g. 2/255); each "
+                   "row's L2 radius is RMS x sqrt(3 x H x W) of the detector's input")  # fmt: skip
     p.add_argument("--transfer-from", type=Path, nargs="*", default=[], metavar="CHECKPOINT",
                    help="craft transfer attacks on these detectors (black-box)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="THREAT.PARAM=VALUE",
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             src = checkpoint.load(path, map_location=device)
             sources[src.name] = (src.detector.eval(), src.meta.operating_point()[0])
         threats = threats_for(args.profile, sources=list(sources), defense=defense is not None, eps=args.eps,
-                              overrides=_overrides(args.overrides))  # fmt: skip
+                              overrides=_overrides(args.overrides), l2=args.l2_rms)  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
@@ -161,7 +164,12 @@ def run(args: argparse.Namespace) -> int:
             "demo_data": loaded.meta.demo_data,
         },
         "threshold_source": source,
-        "profile": {"name": args.profile, "overrides": _overrides(args.overrides), "eps": args.eps},
+        "profile": {
+            "name": args.profile,
+            "overrides": _overrides(args.overrides),
+            "eps": args.eps,
+            "l2_rms": args.l2_rms,
+        },
         "dataset": args.data.name,
         "environment": environment(device),
     }

@@ -1,20 +1,20 @@
 """``deepfake-guard robustness CHECKPOINT DATA --eps 8/255 --norm linf [--defense ...]``: the two-class standard
-suite (APGD-CE + FAB + Square, worst case per image; models/evaluation/robustness.py) on an ImageFolder.
+suite (APGD-CE + FAB + Square, worst case per image; with ``--norm l2`` APGD-CE and FAB in L2;
+models/evaluation/robustness.py) on an ImageFolder.
 
 Writes a JSON in the shape of a RobustBench model-info record (clean and robust accuracy in percent, eps, norm,
-threat model, number of images, preprocessing, forward passes) with per-image results; it validates against
-docs/schemas/robustness.schema.json.
+threat model, number of images, preprocessing, forward passes) with per-image results, ``unreliable`` computed from
+the sanity flags (models/audit/sanity.py, ``suite_flags``); it validates against docs/schemas/robustness.schema.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from deepfake_guard.commands.argtypes import parse_eps, parse_threshold, positive_int
+from deepfake_guard.commands.argtypes import float_text, parse_eps, parse_threshold, positive_int
 from deepfake_guard.commands.methods import add_defense_arguments, given_defense
 
 #: Where the record's JSON schema lives (tests validate every output against it).
@@ -28,8 +28,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="the detector's checkpoint (path without suffix)")
     p.add_argument("data", type=Path, help="an ImageFolder (fake/ and real/) of test images")
-    p.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf budget, e.g. 8/255 (default)")
-    p.add_argument("--norm", choices=("linf",), default="linf", help="threat model (the suite is L-inf)")
+    p.add_argument("--eps", type=float_text, default=8 / 255,
+                   help="the budget: L-inf in (0, 1], e.g. 8/255 (default); with --norm l2 the whole perturbation's L2 "
+                   "norm on the fitted image (docs/ATTACKS.md, L2 budgets)")  # fmt: skip
+    p.add_argument("--norm", choices=("linf", "l2"), default="linf",
+                   help="threat model: linf (APGD-CE + FAB + Square) or l2 (APGD-CE + FAB in L2)")  # fmt: skip
     p.add_argument("--budget", choices=("standard", "quick"), default="standard", help="attack budgets")
     p.add_argument(
         "-n", "--n-images", type=positive_int, default=100, help="images, alternating fake and real (default 100)"
@@ -62,17 +65,24 @@ def run(args: argparse.Namespace) -> int:
 
     from models import checkpoint
     from models.attacks.adaptive import resolve_defense
+    from models.audit.profiles import eps_text
+    from models.audit.sanity import suite_flags
     from models.data.folder import list_images, read_fitted
-    from models.detector import CLASS_NAMES
+    from models.detector import CLASS_NAMES, FAKE_INDEX
     from models.devices import resolve_device
-    from models.evaluation.robustness import BUDGETS, SUITE, run_suite
+    from models.evaluation.robustness import BUDGETS, SUITES, run_suite
 
+    suite = SUITES[args.norm]
     try:
+        if args.norm == "linf":
+            parse_eps(str(args.eps))
+        elif not 0 < args.eps < float("inf"):
+            raise ValueError(f"eps must be a positive L2 norm, got {args.eps!r}")
         defense = resolve_defense(given_defense(args))
         device = resolve_device(args.device)
         loaded = checkpoint.load(args.checkpoint, map_location=device)
         items = list_images(args.data)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}")
         return 2
     chosen = [items[i] for i in _pick([y for _, y in items], args.n_images)]
@@ -88,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     per_image: list[dict[str, Any]] = []
     correct = robust = passes = 0
     used: dict[str, Any] = {}
-    bar = tqdm(total=len(chosen) * len(SUITE), desc="robustness", unit="img-attack", dynamic_ncols=True)
+    gaps: list[float] = []
+    attacked: list[dict[str, bool | None]] = []
+    bar = tqdm(total=len(chosen) * len(suite), desc="robustness", unit="img-attack", dynamic_ncols=True)
     for start in range(0, len(chosen), args.batch):
         part = chosen[start : start + args.batch]
         try:
@@ -105,8 +117,12 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_suite(
             fitted_view, x, y, eps=args.eps, budget=budget, defense=defense, seed=args.seed + start,
-            on_attack=on_attack, threshold=threshold,
+            on_attack=on_attack, threshold=threshold, suite=suite,
         )  # fmt: skip
+        with torch.no_grad():  # a second pass: a random layer active at inference shows as a gap
+            again = torch.softmax(fitted_view(x).float(), dim=1)[:, FAKE_INDEX].tolist()
+        gaps += [abs(a - b) for a, b in zip(result.clean_p_fake, again, strict=True)]
+        attacked += result.attacks
         used = result.params
         passes += result.forward_passes
         for (path, label), p_fake, ok, rob, attacks in zip(
@@ -121,14 +137,15 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
     bar.close()
     n = len(per_image)
+    flags = suite_flags(attacked, gaps, defense=defense)
     record = {
         "name": args.checkpoint.name,
         "architecture": loaded.meta.architecture,
         "dataset": args.data.name or str(args.data),
-        "threat_model": "Linf",
+        "threat_model": {"linf": "Linf", "l2": "L2"}[args.norm],
         "norm": args.norm,
         "eps": args.eps,
-        "eps_text": f"{Fraction(args.eps).limit_denominator(1000)}",
+        "eps_text": eps_text(args.eps) if args.norm == "linf" else f"{args.eps:g}",
         "n_images": n,
         "clean_acc": 100.0 * correct / n,
         "robust_acc": 100.0 * robust / n,
@@ -144,15 +161,20 @@ def run(args: argparse.Namespace) -> int:
             "delivery": "8-bit PNG: every adversarial image is rounded to 8 bits before it is judged",
             "defense": None if defense is None else defense.describe(),
         },
-        "attacks": [{"name": spec.name, "params": used.get(spec.name, {})} for spec in SUITE],
+        "attacks": [{"name": spec.name, "params": used.get(spec.name, {})} for spec in suite],
         "additional_data": False,
-        "unreliable": False,
-        "footnote": "two-class suite: APGD-CE + FAB + Square (APGD-T and FAB-T need more than two classes)",
+        "unreliable": bool(flags),
+        "flags": flags,
+        "footnote": "two-class suite: APGD-CE + FAB + Square (APGD-T and FAB-T need more than two classes)"
+        if args.norm == "linf"
+        else "two-class L2 suite: APGD-CE + FAB in L2 (eps: the perturbation's L2 norm on the fitted image)",
         "seed": args.seed,
         "per_image": per_image,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"clean {record['clean_acc']:.1f} %, robust {record['robust_acc']:.1f} % at eps {record['eps_text']} "
-          f"(Linf) on {n} images; wrote {args.out}")  # fmt: skip
+          f"({record['threat_model']}) on {n} images; wrote {args.out}")  # fmt: skip
+    if flags:
+        print("unreliable: " + "; ".join(f["reason"] for f in flags))
     return 0

@@ -14,7 +14,9 @@ from models.attacks.pgd import PGD as PGD, pgd as pgd
 from models.attacks.cw import CW_L2 as CW_L2, CW_LIMITS as CW_LIMITS, CW_PRESETS as CW_PRESETS
 from models.attacks.cw import CWResult as CWResult, cw_l2 as cw_l2
 from models.attacks.apgd import APGD_CE as APGD_CE, apgd_ce as apgd_ce
+from models.attacks.apgd import APGD_CE_L2 as APGD_CE_L2, apgd_ce_l2 as apgd_ce_l2
 from models.attacks.fab import FAB as FAB, fab as fab
+from models.attacks.fab import FAB_L2 as FAB_L2, fab_l2 as fab_l2
 from models.attacks.square import SQUARE as SQUARE, square as square
 
 # isort: on

@@ -101,6 +101,9 @@ class LinfBall:
     """The L-inf ball of radius ``eps`` around ``x`` within the pixel box [0, 1], as pixel-wise bounds: what PGD,
     APGD-CE, FAB and Square project onto."""
 
+    #: The ball's norm, as the attacks' records name it.
+    norm = "linf"
+
     def __init__(self, x: Tensor, eps: float) -> None:
         self.x, self.eps = x, eps
         self.lower, self.upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
@@ -112,3 +115,58 @@ class LinfBall:
         """A uniform draw from the ball (``generator`` makes it reproducible), projected into [0, 1]."""
         noise = torch.rand(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
         return self.project(self.x + (2 * noise - 1) * self.eps)
+
+    def distance(self, z: Tensor) -> Tensor:
+        """``||z - x||_inf`` per image."""
+        return (z - self.x).flatten(1).abs().amax(dim=1)
+
+    def step(self, grad: Tensor) -> Tensor:
+        """The steepest-ascent direction of unit L-inf norm: the gradient's sign."""
+        return grad.sign()
+
+
+class L2Ball:
+    """The L2 ball of radius ``eps`` around ``x`` (per image, over all its pixels) within [0, 1]: what APGD-CE-L2 and
+    FAB-L2 project onto.
+
+    ``project`` rescales ``z - x`` onto the sphere when it lies outside, then clips to [0, 1]. Clipping moves every
+    pixel towards ``x`` (which lies in [0, 1]), so the result stays in the ball; it is the exact projection onto the
+    intersection when no pixel is clipped, and a feasible point close to it otherwise (AutoAttack projects the same
+    way)."""
+
+    norm = "l2"
+
+    def __init__(self, x: Tensor, eps: float) -> None:
+        self.x, self.eps = x, eps
+
+    def distance(self, z: Tensor) -> Tensor:
+        """``||z - x||_2`` per image."""
+        return (z - self.x).flatten(1).norm(dim=1)
+
+    def project(self, z: Tensor) -> Tensor:
+        delta = z - self.x
+        scale = (self.eps / self.distance(z).clamp(min=1e-12)).clamp(max=1.0)
+        return (self.x + delta * scale.view(-1, *[1] * (z.dim() - 1))).clamp(0.0, 1.0)
+
+    def step(self, grad: Tensor) -> Tensor:
+        """The steepest-ascent direction of unit L2 norm: the gradient divided by its norm (zero where it is zero)."""
+        norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12)
+        return grad / norm.view(-1, *[1] * (grad.dim() - 1))
+
+    def uniform(self, generator: torch.Generator | None = None) -> Tensor:
+        """A point on the sphere of radius ``eps`` in a direction drawn uniformly (a normalised Gaussian), clipped to
+        [0, 1], as AutoAttack's L2 start."""
+        noise = torch.randn(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
+        return (self.x + self.eps * self.step(noise)).clamp(0.0, 1.0)
+
+
+Ball = LinfBall | L2Ball
+
+
+def ball(norm: str, x: Tensor, eps: float) -> Ball:
+    """The ``norm`` ("linf" or "l2") ball of radius ``eps`` around ``x``, within [0, 1]."""
+    if norm == "linf":
+        return LinfBall(x, eps)
+    if norm == "l2":
+        return L2Ball(x, eps)
+    raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")

@@ -1,10 +1,12 @@
 """APGD-CE: Auto-PGD on the cross-entropy (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with
-an ensemble of diverse parameter-free attacks"), L-inf.
+an ensemble of diverse parameter-free attacks"), in L-inf (``apgd_ce``) and L2 (``apgd_ce_l2``).
 
 Implemented from the paper's Algorithm 1:
 
-* first step ``x1 = P(x0 + eta * sign(grad))`` with ``eta = 2 eps``; then a momentum step
-  ``z = P(xk + eta * sign(grad))``, ``x(k+1) = P(xk + alpha (z - xk) + (1 - alpha)(xk - x(k-1)))``, alpha 0.75;
+* first step ``x1 = P(x0 + eta * s(grad))`` with ``eta = 2 eps``; then a momentum step
+  ``z = P(xk + eta * s(grad))``, ``x(k+1) = P(xk + alpha (z - xk) + (1 - alpha)(xk - x(k-1)))``, alpha 0.75, where
+  ``s`` is the steepest-ascent direction of unit norm (the sign in L-inf, ``grad / ||grad||_2`` in L2) and ``P`` the
+  projection onto the ball within [0, 1] (models/attacks/_common.py);
 * checkpoints ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22``,
   ``p_(j+1) = p_j + max(p_j - p_(j-1) - 0.03, 0.06)``: at each one, per image, the step size halves and the iterate
   restarts from the best point so far if (1) fewer than ``rho = 0.75`` of the steps since the last checkpoint raised
@@ -26,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.attacks._common import LinfBall, check_batch, check_labels, eval_mode
+from models.attacks._common import ball as make_ball
+from models.attacks._common import check_batch, check_labels, eval_mode
 from models.attacks.fgsm import EPS
-from models.attacks.registry import TARGETED, AttackSpec, register
+from models.attacks.registry import EPS_L2, TARGETED, AttackSpec, register
 from models.methods import Param
 from models.progress import Progress, ProgressFn, StopFn, check_stop
 
@@ -79,6 +82,38 @@ def apgd_ce(
     """APGD-CE in the L-inf ball of radius ``eps`` around ``x`` (and [0, 1]): ``steps`` gradient steps after the
     one at the start (``steps + 1`` forward and backward passes)."""
     p = APGD_CE.check({"eps": eps, "steps": steps, "random_start": random_start, "targeted": targeted})
+    return _apgd(model, x, y, p, "linf", progress=progress, should_stop=should_stop, generator=generator)
+
+
+def apgd_ce_l2(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int,
+    random_start: bool = True,
+    targeted: bool = False,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """APGD-CE in the L2 ball of radius ``eps`` around each image (and [0, 1]), as ``apgd_ce`` otherwise."""
+    p = APGD_CE_L2.check({"eps": eps, "steps": steps, "random_start": random_start, "targeted": targeted})
+    return _apgd(model, x, y, p, "l2", progress=progress, should_stop=should_stop, generator=generator)
+
+
+def _apgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    p: Mapping[str, Any],
+    norm: str,
+    *,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    generator: torch.Generator | None,
+) -> Tensor:
     eps, steps = p["eps"], p["steps"]
     y = check_batch(x, y)
     x = x.detach()
@@ -86,7 +121,7 @@ def apgd_ce(
         return x.clone()
     n = x.shape[0]
     view = (n, 1, 1, 1)
-    ball = LinfBall(x, eps)
+    ball = make_ball(norm, x, eps)
     project = ball.project
     adv = ball.uniform(generator) if p["random_start"] else x.clone()
     sign = -1.0 if p["targeted"] else 1.0
@@ -94,6 +129,7 @@ def apgd_ce(
     def fooled(pred: Tensor) -> Tensor:
         return pred == y if p["targeted"] else pred != y
 
+    stage = APGD_CE.name if norm == "linf" else APGD_CE_L2.name
     marks = set(checkpoints(steps))
     report_every = max(1, min(10, steps // 10))
     with eval_mode(model):
@@ -107,7 +143,7 @@ def apgd_ce(
         last_mark, best_at_mark = 0, best_loss.clone()
         reduced = torch.ones(n, dtype=torch.bool, device=x.device)  # AutoAttack: no condition 2 at the first mark
         for k in range(steps):
-            z = project(adv + eta.view(view) * grad.sign())
+            z = project(adv + eta.view(view) * ball.step(grad))
             new = z if k == 0 else project(adv + ALPHA * (z - adv) + (1 - ALPHA) * (adv - prev))
             prev, adv = adv, new
             new_loss, grad, pred = _loss_grad(model, adv, y, sign, first=False)
@@ -132,9 +168,7 @@ def apgd_ce(
                 last_mark, best_at_mark, reduced = done, best_loss.clone(), stuck
             if done % report_every == 0 or done == steps:
                 if progress is not None:
-                    progress(
-                        Progress(iteration=done, max_iterations=steps, loss=float(best_loss.mean()), stage="apgd_ce")
-                    )
+                    progress(Progress(iteration=done, max_iterations=steps, loss=float(best_loss.mean()), stage=stage))
                 check_stop(should_stop, done)
     found = torch.isfinite(adv_loss)
     return torch.where(found.view(view), x_adv, x_max)
@@ -155,6 +189,22 @@ APGD_CE = register(
             TARGETED,
         ),
         description="Auto-PGD on the cross-entropy (Croce & Hein 2020): step-size schedule, momentum, checkpoints",
+        steps=_steps,
+    )
+)
+
+
+APGD_CE_L2 = register(
+    AttackSpec(
+        name="apgd_ce_l2",
+        fn=apgd_ce_l2,
+        params=(
+            EPS_L2,
+            Param("steps", int, "gradient steps after the first evaluation", default=100, low=1, high=10_000),
+            Param("random_start", bool, "start from a random point on the eps-sphere", public=False),
+            TARGETED,
+        ),
+        description="Auto-PGD on the cross-entropy in L2 (Croce & Hein 2020): eps is the whole perturbation's L2 norm",
         steps=_steps,
     )
 )

@@ -13,6 +13,11 @@ from models.audit.threats import get
 #: The L-inf budgets of the white-box curve (pixel units).
 QUICK_EPS = (2 / 255, 4 / 255, 8 / 255)
 STANDARD_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+#: The L2 budgets of the white-box L2 curve, per pixel (root-mean-square change, pixel units): each row's radius is
+#: this times sqrt(3 H W) of the detector's input (``models.audit.threats.l2_radius``). CIFAR-10's customary L2 0.5
+#: on 32 x 32 is 2.3/255 per pixel in these units.
+QUICK_L2 = (1 / 255, 2 / 255)
+STANDARD_L2 = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 #: EOT samples per step of an adaptive attack through a randomised defence: AutoAttack's version for randomised
 #: models ("rand") averages 20 (Croce & Hein 2020); the quick profile's 2 is only a smoke test, and says so.
 EOT_RANDOMIZED = {"quick": 2, "standard": 20}
@@ -47,7 +52,7 @@ class Threat:
     @property
     def id(self) -> str:
         """A stable name: ``jpeg(quality=75)``, ``linf_suite(budget=quick, eps=8/255)``."""
-        parts = [f"{k}={eps_text(v) if k == 'eps' else v}" for k, v in self.params]
+        parts = [f"{k}={eps_text(v) if k in ('eps', 'rms') else v}" for k, v in self.params]
         return f"{self.name}({', '.join(parts)})" if parts else self.name
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +61,8 @@ class Threat:
                "params": self.kwargs}  # fmt: skip
         if "eps" in out["params"]:
             out["eps_text"] = eps_text(out["params"]["eps"])
+        if "rms" in out["params"]:
+            out["rms_text"] = eps_text(out["params"]["rms"])
         return out
 
 
@@ -69,15 +76,21 @@ def threats_for(
     defense: bool = False,
     eps: Sequence[float] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    l2: Sequence[float] | None = None,
 ) -> list[Threat]:
     """The threats of ``profile``; transfer rows for each of ``sources``; the adaptive row when a ``defense`` is given.
-    ``eps`` replaces the white-box curve's budgets; ``overrides`` (threat name -> parameters) any threat's."""
+    ``eps`` replaces the white-box L-inf curve's budgets, ``l2`` the L2 curve's (per pixel); ``overrides`` (threat
+    name -> parameters) any threat's other parameters."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
     quick = profile == "quick"
     over = {k: dict(v) for k, v in (overrides or {}).items()}
-    for name in over:
+    curves = {"linf_suite": ("eps", "--eps"), "l2_suite": ("rms", "--l2-rms")}
+    for name, given in over.items():
         get(name)  # a typo names the choices
+        key, flag = curves.get(name, ("", ""))
+        if key in given:
+            raise ValueError(f"{name}.{key} is the curve's budgets: give them with {flag} (several values), not --set")
     budget = "quick" if quick else "standard"
     curve = tuple(eps) if eps else (QUICK_EPS if quick else STANDARD_EPS)
     rows: list[tuple[str, dict[str, Any]]] = [("clean", {}), ("sanity", {})]
@@ -85,12 +98,15 @@ def threats_for(
         rows.append(("resave_jpeg", {"quality": q}))
     rows += [("rescale", {"factor": 0.5}), ("blur", {"sigma": 1.0}), ("noise", {"sigma": 0.02}), ("shared_online", {})]
     rows += [("linf_suite", {"eps": e, "budget": budget}) for e in curve]
+    rows += [
+        ("l2_suite", {"rms": r, "budget": budget}) for r in (tuple(l2) if l2 else (QUICK_L2 if quick else STANDARD_L2))
+    ]
     rows.append(("eot_pgd", {"eps": 4 / 255, "steps": 10 if quick else 50, "eot": 4 if quick else 16}))
     rows += [("transfer", {"source": s, "eps": 8 / 255, "steps": 10 if quick else 50}) for s in sources]
     if defense:
         rows.append(("through_defense", {"eps": 4 / 255, "steps": 10 if quick else 50}))
     threats = []
     for name, params in rows:
-        merged = {**params, **{k: v for k, v in over.get(name, {}).items() if name != "linf_suite" or k != "eps"}}
+        merged = {**params, **over.get(name, {})}
         threats.append(Threat.of(name, merged))
     return threats

@@ -36,7 +36,16 @@ def _figure_png(draw: Callable[[Any], None], *, size: tuple[float, float] = (5.0
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _rate_points(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[list[float]]]:
+#: The white-box curves: threat name -> (its budget parameter, the figure's x label and title).
+CURVES = {
+    "linf_suite": ("eps", "L-inf budget eps (x / 255)", "White-box L-inf (APGD-CE + FAB + Square)"),
+    "l2_suite": ("rms", "L2 budget per pixel, root-mean-square (x / 255)", "White-box L2 (APGD-CE + FAB)"),
+}
+
+
+def _rate_points(
+    rows: list[dict[str, Any]], key: str, budget: str
+) -> tuple[list[float], list[float], list[list[float]]]:
     xs: list[float] = []
     ys: list[float] = []
     err: list[list[float]] = [[], []]
@@ -44,27 +53,37 @@ def _rate_points(rows: list[dict[str, Any]], key: str) -> tuple[list[float], lis
         m = r["metrics"][key]
         if m["rate"] is None:
             continue
-        xs.append(255 * r["params"]["eps"])
+        xs.append(255 * r["params"][budget])
         ys.append(100 * m["rate"])
         err[0].append(100 * (m["rate"] - m["ci95"][0]))
         err[1].append(100 * (m["ci95"][1] - m["rate"]))
     return xs, ys, err
 
 
-def eps_curve(record: dict[str, Any]) -> str | None:
-    curve = sorted((r for r in record["threats"] if r["name"] == "linf_suite"), key=lambda r: r["params"]["eps"])
+def eps_curve(record: dict[str, Any], name: str = "linf_suite") -> str | None:
+    """Evasion and false alarms against the budget of one white-box curve (``CURVES``); None without its rows."""
+    budget, xlabel, title = CURVES[name]
+    curve = sorted((r for r in record["threats"] if r["name"] == name), key=lambda r: r["params"][budget])
     if not curve:
         return None
 
     def draw(ax: Any) -> None:
         for key, label in (("evasion", "fakes passed as real"), ("false_alarms", "reals flagged fake")):
-            xs, ys, err = _rate_points(curve, key)
+            xs, ys, err = _rate_points(curve, key, budget)
             if xs:
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
-        ax.set_xlabel("L-inf budget eps (x / 255)")
+        if "eps_l2" in curve[0]:  # the radius each point used, at the detector's input size
+            c, h, w = curve[0]["input_size"]
+            for r in curve:
+                ax.annotate(f"L2 {r['eps_l2']:.3g}", (255 * r["params"][budget], 0), textcoords="offset points",
+                            xytext=(0, 4), ha="center", fontsize=7)  # fmt: skip
+            xlabel_shown = f"{xlabel}; radius at {c} x {h} x {w}"
+        else:
+            xlabel_shown = xlabel
+        ax.set_xlabel(xlabel_shown)
         ax.set_ylabel("% of images (95 % interval)")
         ax.set_ylim(-2, 102)
-        ax.set_title("White-box L-inf (APGD-CE + FAB + Square)")
+        ax.set_title(title)
         ax.legend(fontsize=8)
 
     return _figure_png(draw)
@@ -119,6 +138,13 @@ def _pct(m: dict[str, Any]) -> str:
     return f"{100 * m['rate']:.1f} % <small>[{100 * lo:.1f}, {100 * hi:.1f}]</small> ({m['k']}/{m['n']})"
 
 
+def _radius(row: dict[str, Any]) -> str:
+    """An L2 row's radius at the detector's input size (its budget is per pixel)."""
+    if "eps_l2" not in row:
+        return ""
+    return f"<br><small>L2 radius {row['eps_l2']:.3g} at {' x '.join(map(str, row['input_size']))}</small>"
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -126,8 +152,13 @@ def _number(value: float | None) -> str:
 def gallery_pairs(
     record: dict[str, Any], gallery: dict[str, dict[str, str]], original: Callable[[int], bytes]
 ) -> list[tuple[str, str, str, str]]:
-    """(file, threat, original PNG b64, adversarial PNG b64) for the fakes flipped at the smallest budget."""
-    curve = sorted((r for r in record["threats"] if r["name"] == "linf_suite"), key=lambda r: r["params"]["eps"])
+    """(file, threat, original PNG b64, adversarial PNG b64) for the fakes flipped at the smallest budget (L-inf
+    first, then L2)."""
+    curve = [
+        r
+        for name, (budget, _, _) in CURVES.items()
+        for r in sorted((r for r in record["threats"] if r["name"] == name), key=lambda r: r["params"][budget])
+    ]
     out: list[tuple[str, str, str, str]] = []
     for r in curve:
         for index, png in sorted(gallery.get(r["id"], {}).items(), key=lambda kv: int(kv[0])):
@@ -142,9 +173,11 @@ def gallery_pairs(
 
 def render_html(record: dict[str, Any], pairs: list[tuple[str, str, str, str]]) -> str:
     e = html.escape
-    figures = [f for f in (eps_curve(record), laundering_bars(record), roc_figure(record)) if f]
+    curves = [eps_curve(record, name) for name in CURVES]
+    figures = [f for f in (*curves, laundering_bars(record), roc_figure(record)) if f]
     rows = "".join(
-        f"<tr><td>{e(r['family'])}</td><td><code>{e(r['id'])}</code></td><td>{_pct(r['metrics']['evasion'])}</td>"
+        f"<tr><td>{e(r['family'])}</td><td><code>{e(r['id'])}</code>{_radius(r)}</td>"
+        f"<td>{_pct(r['metrics']['evasion'])}</td>"
         f"<td>{_pct(r['metrics']['false_alarms'])}</td><td>{_pct(r['metrics']['accuracy'])}</td>"
         f"<td>{_number(r['metrics'].get('auroc'))}</td></tr>"
         for r in record["threats"]

@@ -19,7 +19,7 @@ import torch
 
 from models.audit import sanity, stats
 from models.audit.profiles import Threat, eps_text
-from models.audit.threats import AuditTarget, Shard, fit_native
+from models.audit.threats import L2_SUITE, AuditTarget, Shard, fit_native, l2_radius
 from models.data.folder import IMAGE_EXTENSIONS, read_image
 from models.detector import CLASS_NAMES, FAKE_INDEX
 from models.images import encode_png
@@ -171,10 +171,14 @@ def assemble(
         else:
             metrics = stats.verdict_rates(p, labels, t)
             metrics["auroc"] = stats.auroc_of(p, labels)
-        if threat.name == "linf_suite":
+        row = threat.to_json()
+        if threat.spec.family in ("white-box Linf", "white-box L2"):
             fooled = [d.get("fooled_by") for d in merged["details"]]
             metrics["fooled_by"] = {name: fooled.count(name) for name in sorted({f for f in fooled if f})}
-        rows.append({**threat.to_json(), "metrics": metrics})
+        if threat.name == L2_SUITE.name:
+            shape = (3, *target.detector.fitting.size)
+            row["eps_l2"], row["input_size"] = l2_radius(threat.kwargs["rms"], shape), list(shape)
+        rows.append({**row, "metrics": metrics})
     flags = sanity.flags(threats, per_threat, labels, t, defense=target.defense)
     clean = next(r for r in rows if r["name"] == "clean")["metrics"]
     curve = [r for r in rows if r["name"] == "linf_suite"]
@@ -239,4 +243,9 @@ def summary_sentence(name: str, threshold: float, clean: dict[str, Any], rows: l
     if curve:
         top = max(curve, key=lambda r: r["params"]["eps"])
         parts.append(f"under a white-box attack at {eps_text(top['params']['eps'])} {pct(top['metrics']['evasion'])}")
+    l2 = [r for r in rows if r["name"] == "l2_suite" and r["metrics"]["evasion"]["rate"] is not None]
+    if l2:
+        top = max(l2, key=lambda r: r["params"]["rms"])
+        parts.append(f"under an L2 attack of radius {top['eps_l2']:.3g} ({eps_text(top['params']['rms'])} per pixel) "
+                     f"{pct(top['metrics']['evasion'])}")  # fmt: skip
     return "; ".join(parts) + " (95 % intervals)."

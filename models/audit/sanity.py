@@ -5,7 +5,7 @@ detector's robustness. The record's ``unreliable`` is true when any flag is rais
   attacks then need EOT, and one pass's verdict is not the detector's).
 - ``black_box_beats_white_box``: Square (score-based, no gradient) fooled images that APGD-CE and FAB could not: the
   gradients mislead (Athalye et al. 2018; AutoAttack's own check).
-- ``robustness_rises_with_eps``: fewer images flipped at a larger budget than at a smaller one.
+- ``robustness_rises_with_eps``: fewer images flipped at a larger budget than at a smaller one (L-inf or L2 curve).
 - ``bad_gradients``: input gradients that are zero or not finite on some images (masked or shattered gradients).
 - ``randomized_or_iterative_defense``: a randomised or iterative purifier is in the loop: RobustBench lists such
   models apart, since a fixed attack budget may not reach their true robustness.
@@ -48,21 +48,48 @@ def flags(
     if square:
         why = f"Square fooled {square} image(s) that APGD-CE and FAB did not (over all budgets)"
         out.append(_flag("black_box_beats_white_box", square, why))
-    flipped = []
-    for t in curve:
-        p = per_threat[t.id]["p_fake"]
-        called_fake = [float(v) >= threshold for v in p]
-        flipped.append(sum(cf != (int(y) == FAKE_INDEX) for cf, y in zip(called_fake, labels.tolist(), strict=True)))
-    for i in range(1, len(curve)):
-        if flipped[i] < flipped[i - 1]:
-            why = f"{flipped[i]} image(s) wrong under {curve[i].id} but {flipped[i - 1]} under {curve[i - 1].id}"
-            out.append(_flag("robustness_rises_with_eps", flipped[i - 1] - flipped[i], why))
-    if defense is not None and (defense.spec.randomized or defense.spec.iterative):
-        kind = "randomised" if defense.spec.randomized else "iterative"
-        why = (f"{defense.purifier} is {kind}: attacked with EOT {defense.eot_samples}, judged through "
-               f"{defense.resubmissions} resubmission(s)")  # fmt: skip
-        out.append(_flag("randomized_or_iterative_defense", None, why))
+    l2_curve = sorted((t for t in threats if t.name == "l2_suite"), key=lambda t: t.kwargs["rms"])
+    for budgets in (curve, l2_curve):
+        flipped = [_wrong(per_threat[t.id]["p_fake"], labels, threshold) for t in budgets]
+        for i in range(1, len(budgets)):
+            if flipped[i] < flipped[i - 1]:
+                why = (f"{flipped[i]} image(s) wrong under {budgets[i].id} but {flipped[i - 1]} under "
+                       f"{budgets[i - 1].id}")  # fmt: skip
+                out.append(_flag("robustness_rises_with_eps", flipped[i - 1] - flipped[i], why))
+    return out + _defense_flags(defense)
+
+
+def suite_flags(
+    attacks: Sequence[dict[str, bool | None]], forward_gaps: Sequence[float], *, defense: Defense | None
+) -> list[dict[str, Any]]:
+    """The flags a suite's run alone can raise (``deepfake-guard robustness``): randomness (``forward_gaps``, each
+    image's p_fake gap between two forward passes), Square fooling images the gradient attacks could not (in the
+    cascade Square only runs on those), and a randomised or iterative defence in the loop."""
+    out: list[dict[str, Any]] = []
+    random = sum(g > FORWARD_GAP for g in forward_gaps)
+    if random:
+        why = f"two forward passes disagree on {random} image(s) (largest gap {max(forward_gaps):.3g})"
+        out.append(_flag("randomness", random, why))
+    square = sum(1 for a in attacks if a.get(SQUARE.name))
+    if square:
+        why = f"Square fooled {square} image(s) that the gradient attacks did not"
+        out.append(_flag("black_box_beats_white_box", square, why))
+    out += _defense_flags(defense)
     return out
+
+
+def _defense_flags(defense: Defense | None) -> list[dict[str, Any]]:
+    if defense is None or not (defense.spec.randomized or defense.spec.iterative):
+        return []
+    kind = "randomised" if defense.spec.randomized else "iterative"
+    why = (f"{defense.purifier} is {kind}: attacked with EOT {defense.eot_samples}, judged through "
+           f"{defense.resubmissions} resubmission(s)")  # fmt: skip
+    return [_flag("randomized_or_iterative_defense", None, why)]
+
+
+def _wrong(p_fake: Sequence[float], labels: Tensor, threshold: float) -> int:
+    """Images whose verdict at ``threshold`` is not their true label."""
+    return sum((float(p) >= threshold) != (int(y) == FAKE_INDEX) for p, y in zip(p_fake, labels.tolist(), strict=True))
 
 
 def _flag(name: str, images: int | None, reason: str) -> dict[str, Any]:

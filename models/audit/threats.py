@@ -10,6 +10,7 @@ attacks are crafted on the detector seen at that threshold (``models.detector.at
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,10 @@ from torch import Tensor, nn
 from models.attacks.adaptive import Defense
 from models.attacks.measure import attack_and_measure
 from models.attacks.pgd import PGD
+from models.attacks.registry import AttackSpec
 from models.audit import launder
 from models.detector import FAKE_INDEX, Detector, at_threshold
-from models.evaluation.robustness import BUDGETS, SUITE
+from models.evaluation.robustness import BUDGETS, SUITE, SUITE_L2, run_suite
 from models.images import encode_png
 from models.methods import Param
 
@@ -96,7 +98,10 @@ class ThreatSpec:
 
 
 THREATS: dict[str, ThreatSpec] = {}
-FAMILIES = ("clean", "laundering", "white-box Linf", "survives laundering", "transfer", "through a defence", "sanity")
+FAMILIES = (
+    "clean", "laundering", "white-box Linf", "white-box L2", "survives laundering", "transfer", "through a defence",
+    "sanity",
+)  # fmt: skip
 
 
 def register(spec: ThreatSpec) -> ThreatSpec:
@@ -225,49 +230,53 @@ SHARED_ONLINE = register(ThreatSpec(
 # --- attacks ---------------------------------------------------------------------------------------------------------
 
 
-def _linf_suite(target: AuditTarget, shard: Shard, params: Mapping[str, Any]) -> Judged:
-    """APGD-CE, FAB and Square in cascade (models/evaluation/robustness.py), each on the images the earlier ones did
-    not flip, delivered as 8-bit PNG. Per image: the fooling file's p_fake, or the most adverse of the attempts."""
-    det, device = target.detector, _device(target)
-    view = det.prefitted()
+def _suite_judged(target: AuditTarget, shard: Shard, suite: Sequence[AttackSpec], eps: float, budget: str) -> Judged:
+    """A suite (``models.evaluation.robustness.run_suite``: each attack on the images the earlier ones did not flip,
+    delivered as 8-bit PNG) on the shard. Per image: the fooling file's p_fake, or the most adverse of the attempts;
+    which attack fooled it and at what distance in the suite's norm; the fooling fakes for the gallery."""
+    device = _device(target)
     x, y = shard.fitted.to(device), shard.labels.to(device)
-    p = _p_fake(view, x)
-    wrong = (p.double() >= target.threshold) != (y.cpu() == FAKE_INDEX)
+    result = run_suite(target.detector.prefitted(), x, y, eps=eps, budget=BUDGETS[budget], seed=shard.seed,
+                       threshold=target.threshold, suite=suite)  # fmt: skip
+    norm = "l2" if suite == SUITE_L2 else "linf"
     details: list[dict[str, Any]] = [
-        {"fooled_by": "clean" if bool(w) else None, "linf": 0.0 if bool(w) else None} for w in wrong
+        {"fooled_by": by, norm: dist} for by, dist in zip(result.fooled_by, result.distance, strict=True)
     ]
-    worst = p.clone()
-    left = torch.nonzero(~wrong).flatten()
-    gallery: dict[int, bytes] = {}
-    gen = torch.Generator(device=device).manual_seed(shard.seed)
-    budget = BUDGETS[params["budget"]]
-    for spec in SUITE:
-        if left.numel() == 0:
-            break
-        reports = attack_and_measure(
-            spec.name, view, x[left], params={"eps": params["eps"], **budget.get(spec.name, {})}, y=y[left],
-            generator=gen, threshold=target.threshold,
-        )  # fmt: skip
-        still = []
-        for i, r in zip(left.tolist(), reports, strict=True):
-            fake = int(shard.labels[i]) == FAKE_INDEX
-            adverse = min if fake else max
-            if r.success:
-                worst[i] = r.p_fake_after
-                details[i] = {"fooled_by": spec.name, "linf": r.linf}
-                if fake:
-                    gallery[i] = encode_png(r.adv.float())
-            else:
-                worst[i] = adverse(float(worst[i]), r.p_fake_after)
-                still.append(i)
-        left = torch.tensor(still, dtype=torch.long)
-    return Judged(p_fake=worst.tolist(), details=details, gallery=gallery)
+    gallery = {i: encode_png(adv.float()) for i, adv in result.delivered.items() if int(y[i]) == FAKE_INDEX}
+    return Judged(p_fake=result.p_fake_after, details=details, gallery=gallery)
+
+
+def _linf_suite(target: AuditTarget, shard: Shard, params: Mapping[str, Any]) -> Judged:
+    return _suite_judged(target, shard, SUITE, params["eps"], params["budget"])
 
 
 LINF_SUITE = register(ThreatSpec(
     "linf_suite", "white-box Linf",
     "APGD-CE + FAB + Square, worst case per image (the two-class AutoAttack suite: docs/ATTACKS.md)", _linf_suite,
     (_eps_param(8 / 255), Param("budget", str, "attack budgets", default="quick", choices=tuple(BUDGETS))),
+    attack=True,
+))  # fmt: skip
+
+
+def l2_radius(rms: float, fitted_shape: Sequence[int]) -> float:
+    """The L2 budget of an image the detector sees at ``fitted_shape`` (C x H x W) whose per-pixel root-mean-square
+    change is ``rms``: ``rms * sqrt(C H W)``. An L2 radius means little without the image size (the same radius is
+    a large change on a 64 px image, a small one at 224 px), so the audit's L2 budgets are given per pixel and each
+    row states the radius it used (docs/AUDIT.md, "White-box L2")."""
+    return float(rms) * math.sqrt(math.prod(fitted_shape))
+
+
+def _l2_suite(target: AuditTarget, shard: Shard, params: Mapping[str, Any]) -> Judged:
+    eps = l2_radius(params["rms"], shard.fitted.shape[1:])
+    return _suite_judged(target, shard, SUITE_L2, eps, params["budget"])
+
+
+L2_SUITE = register(ThreatSpec(
+    "l2_suite", "white-box L2",
+    "APGD-CE + FAB in L2, worst case per image; the radius is rms x sqrt(pixels x 3) of the fitted image", _l2_suite,
+    (Param("rms", float, "per-pixel root-mean-square budget in pixel units (8-bit levels / 255)", default=2 / 255,
+           low=0, high=1, low_open=True),
+     Param("budget", str, "attack budgets", default="quick", choices=tuple(BUDGETS))),
     attack=True,
 ))  # fmt: skip
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import models.attacks.cw as cw_module
-from models.attacks import ATTACKS, CW_PRESETS, apgd_ce, cw_l2, fab, fgsm, pgd, square
+from models.attacks import ATTACKS, CW_PRESETS, apgd_ce, apgd_ce_l2, cw_l2, fab, fab_l2, fgsm, pgd, square
 from models.attacks._common import max_other_logit, true_logit
 from models.attacks.cw import cw_objective, cw_success
 from models.progress import Cancelled, Progress
@@ -77,7 +77,8 @@ FAST_CW: dict[str, Any] = {**CW_PRESETS["default"], "kappa": 0.0}
 
 
 def test_registry_names() -> None:
-    assert {"fgsm": fgsm, "pgd": pgd, "cw_l2": cw_l2, "apgd_ce": apgd_ce, "fab": fab, "square": square} == ATTACKS
+    assert {"fgsm": fgsm, "pgd": pgd, "cw_l2": cw_l2, "apgd_ce": apgd_ce, "apgd_ce_l2": apgd_ce_l2, "fab": fab,
+            "fab_l2": fab_l2, "square": square} == ATTACKS  # fmt: skip
 
 
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -162,3 +163,60 @@ def test_every_verdict_is_at_the_operating_threshold(tmp_path: Path) -> None:
     labels = data.labels.tolist()
     evaded = sum(1 for c, y in zip(called_fake, labels, strict=True) if y == 0 and not c)
     assert record["threats"][0]["metrics"]["evasion"]["k"] == evaded and record["threshold"] == cut
+
+
+def _margin_distance(det: Detector, data: AuditData) -> Tensor:
+    """Each image's L2 distance to the tiny linear detector's boundary (the pixel box ignored): the smallest L2
+    perturbation that can flip it."""
+    x = torch.stack([data.native(i) for i in range(len(data.items))])
+    layer = det.backbone[1] if isinstance(det.backbone[0], nn.Flatten) else det.backbone[-1][1]
+    w = (layer.weight[1] - layer.weight[0]).detach() / 0.25  # the detector's (x - 0.5) / 0.25 folded in
+    with torch.no_grad():
+        logits = det(x)
+    return (logits[:, 1] - logits[:, 0]).abs() / w.norm()
+
+
+def test_the_l2_suite_flips_nothing_below_the_boundary_and_everything_well_beyond(tmp_path: Path) -> None:
+    data = AuditData.from_folder(write_folder(tmp_path, n=4))
+    det = tiny_detector()
+    dist = _margin_distance(det, data)
+    side = math.sqrt(3 * 32 * 32)
+    small, large = 0.5 * float(dist.min()) / side, 3 * float(dist.max()) / side  # per-pixel budgets
+    threats = [Threat.of("clean"), *(Threat.of("l2_suite", {"rms": r, "budget": "quick"}) for r in (small, large))]
+    record = assemble(target_of(det), data, threats, run_audit(target_of(det), data, threats), meta={}, seed=0)
+    clean, below, beyond = (r["metrics"] for r in record["threats"])
+    rows = [r for r in record["threats"] if r["name"] == "l2_suite"]
+    assert [r["family"] for r in rows] == ["white-box L2"] * 2 and rows[0]["input_size"] == [3, 32, 32]
+    assert rows[1]["eps_l2"] == pytest.approx(3 * float(dist.max()), rel=1e-6)  # the radius, stated per image size
+    assert below["accuracy"]["k"] == clean["accuracy"]["k"] and "fooled_by" in below  # no L2 move that small flips
+    assert beyond["accuracy"]["k"] == 0, beyond  # every image flipped
+    assert set(beyond["fooled_by"]) <= {"clean", "apgd_ce_l2", "fab_l2"}
+    flags = {f["flag"] for f in record["sanity"]["flags"]}
+    assert "robustness_rises_with_eps" not in flags
+
+
+def test_the_quick_profile_has_an_l2_curve_whose_budgets_only_l2_rms_sets() -> None:
+    rows = [t for t in threats_for("quick") if t.name == "l2_suite"]
+    assert [t.kwargs["rms"] for t in rows] == [1 / 255, 2 / 255]
+    assert [t.id for t in threats_for("quick", l2=[3 / 255]) if t.name == "l2_suite"] == [
+        "l2_suite(budget=quick, rms=1/85)"
+    ]
+    with pytest.raises(ValueError, match="--l2-rms"):
+        threats_for("quick", overrides={"l2_suite": {"rms": 0.1}})
+    with pytest.raises(ValueError, match="--eps"):
+        threats_for("quick", overrides={"linf_suite": {"eps": 0.1}})
+
+
+def test_the_suites_own_flags_make_a_robustness_record_unreliable() -> None:
+    """``deepfake-guard robustness`` computes ``unreliable`` from these (it used to write false whatever happened)."""
+    from models.attacks.adaptive import resolve_defense
+    from models.audit.sanity import suite_flags
+
+    plain = [{"apgd_ce": True, "fab": None, "square": None}, {"apgd_ce": False, "fab": False, "square": False}]
+    assert suite_flags(plain, [0.0, 0.0], defense=None) == []
+    square = [{"apgd_ce": False, "fab": False, "square": True}]
+    assert [f["flag"] for f in suite_flags(square, [0.0], defense=None)] == ["black_box_beats_white_box"]
+    random = suite_flags(plain, [0.0, 0.2], defense=None)
+    assert [(f["flag"], f["images"]) for f in random] == [("randomness", 1)]
+    dip = resolve_defense({"method": "dip", "eot_samples": 2})
+    assert [f["flag"] for f in suite_flags(plain, [0.0, 0.0], defense=dip)] == ["randomized_or_iterative_defense"]
