@@ -18,7 +18,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from core.keys import PREFIX
+from core.keys import PREFIX, owner_jobs_key
 from core.settings import Settings
 
 SHARD_FUNC = "workers.audit_jobs.run_shard"
@@ -58,6 +58,17 @@ def stopped_key(audit_id: str) -> str:
     return f"{PREFIX}:audit:{audit_id}:stopped"
 
 
+#: An audit's slot among its owner's jobs (DFG_MAX_JOBS_PER_KEY) is held while this key exists: its owner's sorted set
+#: (``core.keys.owner_jobs_key``) names the audit by its id, and ``app.limits.reserve_job`` keeps that member while
+#: ``{SLOT_PREFIX}{id}{SLOT_SUFFIX}`` exists. ``release_slot`` deletes it when the audit ends; its TTL, the audit's,
+#: lets an audit that never ends (its workers gone, never polled) give the slot back when it expires.
+SLOT_PREFIX, SLOT_SUFFIX = f"{PREFIX}:audit:", ":slot"
+
+
+def slot_key(audit_id: str) -> str:
+    return f"{SLOT_PREFIX}{audit_id}{SLOT_SUFFIX}"
+
+
 def report_key(audit_id: str, name: str) -> str:
     return f"{PREFIX}:audit:{audit_id}:file:{name}"
 
@@ -92,6 +103,13 @@ class AuditSpec:
     created_at: float = field(default_factory=time.time)
     #: Each shard in plan order (cheap threats first): its RQ job id, its key (``ShardPlan.key``) and its queue.
     shards: tuple[tuple[str, str, str], ...] = ()
+    #: Detectors of the service that the transfer attacks are crafted on, by name, in the request's order.
+    transfer_from: tuple[str, ...] = ()
+    #: The defence of the through-a-defence threat as ``models.attacks.adaptive.resolve_defense`` takes it (the
+    #: profile's EOT count filled in: ``models.audit.profiles.audit_defense``); None for none.
+    defense: dict[str, Any] | None = None
+    #: Budget overrides, threat name -> parameters (``models.audit.profiles.parse_overrides`` of the ``set`` items).
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,6 +120,7 @@ class AuditSpec:
         data["items"] = tuple((str(n), int(label)) for n, label in data["items"])
         data["eps"] = None if data.get("eps") is None else tuple(float(e) for e in data["eps"])
         data["shards"] = tuple((str(j), str(k), str(q)) for j, k, q in data.get("shards", ()))
+        data["transfer_from"] = tuple(str(n) for n in data.get("transfer_from", ()))  # absent from older specs
         return cls(**data)
 
 
@@ -134,6 +153,13 @@ def record_shard(conn: Redis, settings: Settings, spec: AuditSpec, key: str, res
             pipe.expire(k, settings.audit_ttl_s)
         _, added, done, *_ = pipe.execute()
     return bool(added) and int(done) == len(spec.shards)
+
+
+def release_slot(conn: Redis, owner: str, audit_id: str) -> None:
+    """Give the audit's slot among its owner's jobs back (it finished, failed or was stopped); idempotent. ``conn``
+    may be a pipeline: the assembly releases it in the transaction that stores the report."""
+    conn.zrem(owner_jobs_key(owner), audit_id)
+    conn.delete(slot_key(audit_id))
 
 
 def job_options(settings: Settings) -> dict[str, Any]:
