@@ -94,9 +94,9 @@ def reserve(conn: Redis, settings: Settings, owner: str, audit_id: str) -> None:
     ``create`` stores the audit (a request that dies midway gives the slot back then), then as long as the audit."""
     if not settings.keys_required:
         return
-    conn.set(audits.slot_key(audit_id), b"1", ex=settings.job_timeout_s)
+    conn.set(audits.slot_key(audit_id), b"1", ex=settings.job_timeout_s)  # first: the count keeps what it names
     try:
-        jobs.hold_slot(conn, settings, owner, audit_id, ttl_s=settings.audit_ttl_s)
+        jobs.hold_slot(conn, settings, owner, audits.slot_member(audit_id), ttl_s=settings.audit_ttl_s)
     except TooManyRequests:
         conn.delete(audits.slot_key(audit_id))
         raise

@@ -147,8 +147,8 @@ def check_idempotency_key(key: str | None) -> None:
 
 
 def hold_slot(conn: Redis, settings: Settings, owner: str, job_id: str, *, ttl_s: int | None = None) -> None:
-    """Count ``job_id`` (a job, or an audit: ``core.audits.slot_key``) among ``owner``'s jobs; ``TooManyRequests``
-    when it has DFG_MAX_JOBS_PER_KEY queued or running already (``app.limits.reserve_job``)."""
+    """Count ``job_id`` (a job's id, or an audit's ``core.audits.slot_member``) among ``owner``'s jobs;
+    ``TooManyRequests`` when it has DFG_MAX_JOBS_PER_KEY queued or running already (``app.limits.reserve_job``)."""
     counted = limits.reserve_job(conn, settings, owner, job_id, ttl_s=ttl_s)
     if counted < 0:
         raise TooManyRequests(

@@ -58,11 +58,15 @@ def stopped_key(audit_id: str) -> str:
     return f"{PREFIX}:audit:{audit_id}:stopped"
 
 
-#: An audit's slot among its owner's jobs (DFG_MAX_JOBS_PER_KEY) is held while this key exists: its owner's sorted set
-#: (``core.keys.owner_jobs_key``) names the audit by its id, and ``app.limits.reserve_job`` keeps that member while
-#: ``{SLOT_PREFIX}{id}{SLOT_SUFFIX}`` exists. ``release_slot`` deletes it when the audit ends; its TTL, the audit's,
-#: lets an audit that never ends (its workers gone, never polled) give the slot back when it expires.
-SLOT_PREFIX, SLOT_SUFFIX = f"{PREFIX}:audit:", ":slot"
+#: An audit holds one of its owner's DFG_MAX_JOBS_PER_KEY slots: the member ``audit:{id}`` of the owner's jobs
+#: (``core.keys.owner_jobs_key``), which ``app.limits.reserve_job`` keeps while the audit's slot key exists
+#: (``{SLOT_PREFIX}{id}{SLOT_SUFFIX}``). ``release_slot`` deletes both when the audit ends; the key's TTL, the
+#: audit's, gives the slot back when an audit that never ended (its workers gone, never polled) expires.
+SLOT_MEMBER, SLOT_PREFIX, SLOT_SUFFIX = "audit:", f"{PREFIX}:audit:", ":slot"
+
+
+def slot_member(audit_id: str) -> str:
+    return f"{SLOT_MEMBER}{audit_id}"
 
 
 def slot_key(audit_id: str) -> str:
@@ -158,7 +162,7 @@ def record_shard(conn: Redis, settings: Settings, spec: AuditSpec, key: str, res
 def release_slot(conn: Redis, owner: str, audit_id: str) -> None:
     """Give the audit's slot among its owner's jobs back (it finished, failed or was stopped); idempotent. ``conn``
     may be a pipeline: the assembly releases it in the transaction that stores the report."""
-    conn.zrem(owner_jobs_key(owner), audit_id)
+    conn.zrem(owner_jobs_key(owner), slot_member(audit_id))
     conn.delete(slot_key(audit_id))
 
 
