@@ -28,7 +28,7 @@ from core.audits import AuditSpec
 from core.settings import Settings
 from models.attacks.adaptive import resolve_defense
 from models.audit import runner
-from models.audit.profiles import audit_defense, parse_overrides, threats_for
+from models.audit.profiles import audit_defense, audit_threats, parse_overrides
 
 #: Bytes of images sent to Redis in one round trip.
 STORE_CHUNK_BYTES = 16 << 20
@@ -43,10 +43,10 @@ def threats_of(
     profile: str, eps: Sequence[float] | None, *, sources: Sequence[str] = (), defense: bool = False,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[runner.Threat]:  # fmt: skip
-    """The audit's threats (``models.audit.profiles.threats_for``, as the command line makes them); a budget out of
+    """The audit's threats (``models.audit.profiles.audit_threats``, as the command line makes them); a budget out of
     bounds, or an unknown threat, parameter or value in ``overrides``: a 422 naming it."""
     try:
-        return threats_for(profile, sources=sources, defense=defense, eps=eps, overrides=overrides)
+        return audit_threats(profile, sources=sources, defense=defense, eps=eps, overrides=overrides)
     except ValueError as exc:
         raise InvalidParameter(str(exc)) from None
 

@@ -53,6 +53,8 @@ def test_bad_input_is_an_error_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     data = write_folder(tmp_path / "data", n=1)
     assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--set", "resave_jpeg.q=3"]) == 2
     assert "takes ['quality']" in capsys.readouterr().out
+    assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--set", "transfer.steps=2"]) == 2
+    assert "transfer needs a transfer source" in capsys.readouterr().out  # refused, not dropped
     with pytest.raises(SystemExit):
         cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--shard-size", "0"])
 

@@ -21,7 +21,7 @@ from core import audits
 from core.audits import AuditSpec
 from models.attacks.adaptive import resolve_defense
 from models.audit import report, runner
-from models.audit.profiles import Threat, threats_for
+from models.audit.profiles import Threat, audit_threats
 from models.audit.runner import AuditData
 from models.audit.threats import AuditTarget
 from models.checkpoint import LoadedCheckpoint
@@ -76,7 +76,7 @@ def _setup(ctx: context.WorkerContext, spec: AuditSpec) -> Setup:
     target = AuditTarget(loaded.name, loaded.detector.eval(), threshold, sources=sources, defense=defense)
     data = StoredAuditData(Path(spec.dataset), spec.items, conn=ctx.conn, key=audits.images_key(spec.id),
                            max_pixels=ctx.settings.max_pixels)  # fmt: skip
-    threats = threats_for(spec.profile, sources=list(sources), defense=defense is not None, eps=spec.eps,
+    threats = audit_threats(spec.profile, sources=list(sources), defense=defense is not None, eps=spec.eps,
                           overrides=spec.overrides)  # fmt: skip
     return Setup(spec, loaded, target, data, threats, source)
 

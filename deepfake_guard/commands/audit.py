@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from models import checkpoint
     from models.attacks.adaptive import resolve_defense
     from models.audit import report
-    from models.audit.profiles import audit_defense, parse_overrides, threats_for
+    from models.audit.profiles import audit_defense, audit_threats, parse_overrides
     from models.audit.runner import AuditData, assemble, original_png, run_audit
     from models.audit.threats import AuditTarget
     from models.devices import resolve_device
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         for path in args.transfer_from:
             src = checkpoint.load(path, map_location=device)
             sources[src.name] = (src.detector.eval(), src.meta.operating_point()[0])
-        threats = threats_for(args.profile, sources=list(sources), defense=defense is not None, eps=args.eps,
+        threats = audit_threats(args.profile, sources=list(sources), defense=defense is not None, eps=args.eps,
                               overrides=overrides)  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}")

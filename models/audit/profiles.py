@@ -137,3 +137,24 @@ def audit_defense(given: Mapping[str, Any] | None, profile: str) -> dict[str, An
     if out.get("eot_samples") is None and purifiers.get(out["method"]).randomized:
         out["eot_samples"] = EOT_RANDOMIZED[profile]
     return out
+
+
+def audit_threats(
+    profile: str,
+    *,
+    sources: Sequence[str] = (),
+    defense: bool = False,
+    eps: Sequence[float] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Threat]:
+    """An audit's threats: ``threats_for``, and an override of a threat the audit does not run is a ValueError naming
+    it (``transfer.steps`` with no transfer source would be dropped while the record listed it), on the command line
+    and in the service alike."""
+    threats = threats_for(profile, sources=sources, defense=defense, eps=eps, overrides=overrides)
+    unused = sorted(set(overrides or {}) - {t.name for t in threats})
+    if unused:
+        needs = {"transfer": "a transfer source (transfer_from, --transfer-from)",
+                 "through_defense": "a defence (defense, --defense)"}  # fmt: skip
+        why = "".join(f"; {name} needs {needs[name]}" for name in unused if name in needs)
+        raise ValueError(f"set {unused}: this audit runs no such threat{why}")
+    return threats

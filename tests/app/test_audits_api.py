@@ -147,11 +147,14 @@ def test_bad_parameters_are_named(client: TestClient) -> None:
         ({"set": "eot_pgd.steps=0"}, 422, "eot_pgd.steps"),
         ({"set": "linf_suite.eps=0.1"}, 422, "the white-box curve's budgets are the audit's eps"),
         ({"set": "transfer.source=tiny-resnet"}, 422, "the transfer sources are the audit's transfer_from"),
+        ({"set": "transfer.steps=2"}, 422, "set ['transfer']: this audit runs no such threat; transfer needs a"),
+        ({"set": "through_defense.steps=2"}, 422, "through_defense needs a defence"),
         ({"seed": "-1"}, 422, "seed: Input should be greater than or equal to 0"),
     ],
     ids=["unknown-source", "audited-source", "repeated-source", "unknown-defense", "defense-param-alone",
          "defense-param-bounds", "another-purifiers-param", "eot-deterministic", "dip-cap", "set-malformed",
-         "set-unknown-threat", "set-unknown-param", "set-bad-value", "set-eps", "set-source", "seed"],
+         "set-unknown-threat", "set-unknown-param", "set-bad-value", "set-eps", "set-source", "set-no-transfer",
+         "set-no-defence", "seed"],
 )  # fmt: skip
 def test_bad_audit_options_are_named_before_the_upload_is_read(
     client: TestClient, redis_url: str, data: dict[str, str], status: int, needle: str
