@@ -146,6 +146,18 @@ def check_idempotency_key(key: str | None) -> None:
         raise InvalidParameter("Idempotency-Key is empty; send a unique key (e.g. a UUID) or leave the header out")
 
 
+def hold_slot(conn: Redis, settings: Settings, owner: str, job_id: str, *, ttl_s: int | None = None) -> None:
+    """Count ``job_id`` (a job's id, or an audit's ``core.audits.slot_member``) among ``owner``'s jobs;
+    ``TooManyRequests`` when it has DFG_MAX_JOBS_PER_KEY queued or running already (``app.limits.reserve_job``)."""
+    counted = limits.reserve_job(conn, settings, owner, job_id, ttl_s=ttl_s)
+    if counted < 0:
+        raise TooManyRequests(
+            f"this API key has {-counted} jobs queued or running, audits included (limit "
+            f"{settings.max_jobs_per_key}); retry when one has ended",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+
+
 def enqueue(
     conn: Redis,
     settings: Settings,
@@ -185,14 +197,11 @@ def enqueue(
             conn.eval(_DELETE_IF_SAME, 1, idem, claim)
 
     if limit_owner:
-        counted = limits.reserve_job(conn, settings, owner, job_id)
-        if counted < 0:
+        try:
+            hold_slot(conn, settings, owner, job_id)
+        except TooManyRequests:
             give_back()
-            raise TooManyRequests(
-                f"this API key has {-counted} jobs queued or running (limit {settings.max_jobs_per_key}); "
-                "retry when one has ended",
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
+            raise
     waiting = queued_count(conn, settings)
     if waiting >= settings.max_queue_depth:
         give_back()

@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     routers = (
         health.router, detect.router, attack.build_router(), purify.build_router(), jobs.router, metrics.router,
-        methods.router, audits.router,
+        methods.router, audits.build_router(),
     )  # fmt: skip
     for router in routers:
         document_guards(router)

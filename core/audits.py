@@ -18,7 +18,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from core.keys import PREFIX
+from core.keys import PREFIX, owner_jobs_key
 from core.settings import Settings
 
 SHARD_FUNC = "workers.audit_jobs.run_shard"
@@ -58,6 +58,21 @@ def stopped_key(audit_id: str) -> str:
     return f"{PREFIX}:audit:{audit_id}:stopped"
 
 
+#: An audit holds one of its owner's DFG_MAX_JOBS_PER_KEY slots: the member ``audit:{id}`` of the owner's jobs
+#: (``core.keys.owner_jobs_key``), which ``app.limits.reserve_job`` keeps while the audit's slot key exists
+#: (``{SLOT_PREFIX}{id}{SLOT_SUFFIX}``). ``release_slot`` deletes both when the audit ends; the key's TTL, the
+#: audit's, gives the slot back when an audit that never ended (its workers gone, never polled) expires.
+SLOT_MEMBER, SLOT_PREFIX, SLOT_SUFFIX = "audit:", f"{PREFIX}:audit:", ":slot"
+
+
+def slot_member(audit_id: str) -> str:
+    return f"{SLOT_MEMBER}{audit_id}"
+
+
+def slot_key(audit_id: str) -> str:
+    return f"{SLOT_PREFIX}{audit_id}{SLOT_SUFFIX}"
+
+
 def report_key(audit_id: str, name: str) -> str:
     return f"{PREFIX}:audit:{audit_id}:file:{name}"
 
@@ -92,6 +107,15 @@ class AuditSpec:
     created_at: float = field(default_factory=time.time)
     #: Each shard in plan order (cheap threats first): its RQ job id, its key (``ShardPlan.key``) and its queue.
     shards: tuple[tuple[str, str, str], ...] = ()
+    #: Detectors of the service that the transfer attacks are crafted on, by name, in the request's order.
+    transfer_from: tuple[str, ...] = ()
+    #: The defence of the through-a-defence threat as ``models.attacks.adaptive.resolve_defense`` takes it (the
+    #: profile's EOT count filled in: ``models.audit.profiles.audit_defense``); None for none.
+    defense: dict[str, Any] | None = None
+    #: Budget overrides, threat name -> parameters (``models.audit.profiles.parse_overrides`` of the ``set`` items).
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The white-box L2 curve's per-pixel budgets (``models.audit.profiles.threats_for``'s ``l2``); None: the profile's.
+    l2_rms: tuple[float, ...] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -101,7 +125,9 @@ class AuditSpec:
         data = json.loads(raw)
         data["items"] = tuple((str(n), int(label)) for n, label in data["items"])
         data["eps"] = None if data.get("eps") is None else tuple(float(e) for e in data["eps"])
+        data["l2_rms"] = None if data.get("l2_rms") is None else tuple(float(e) for e in data["l2_rms"])
         data["shards"] = tuple((str(j), str(k), str(q)) for j, k, q in data.get("shards", ()))
+        data["transfer_from"] = tuple(str(n) for n in data.get("transfer_from", ()))  # absent from older specs
         return cls(**data)
 
 
@@ -134,6 +160,13 @@ def record_shard(conn: Redis, settings: Settings, spec: AuditSpec, key: str, res
             pipe.expire(k, settings.audit_ttl_s)
         _, added, done, *_ = pipe.execute()
     return bool(added) and int(done) == len(spec.shards)
+
+
+def release_slot(conn: Redis, owner: str, audit_id: str) -> None:
+    """Give the audit's slot among its owner's jobs back (it finished, failed or was stopped); idempotent. ``conn``
+    may be a pipeline: the assembly releases it in the transaction that stores the report."""
+    conn.zrem(owner_jobs_key(owner), slot_member(audit_id))
+    conn.delete(slot_key(audit_id))
 
 
 def job_options(settings: Settings) -> dict[str, Any]:

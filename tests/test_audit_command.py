@@ -58,5 +58,22 @@ def test_bad_input_is_an_error_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     data = write_folder(tmp_path / "data", n=1)
     assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--set", "resave_jpeg.q=3"]) == 2
     assert "takes ['quality']" in capsys.readouterr().out
+    assert cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--set", "transfer.steps=2"]) == 2
+    assert "transfer needs a transfer source" in capsys.readouterr().out  # refused, not dropped
     with pytest.raises(SystemExit):
         cli(["audit", str(DEMO_CHECKPOINTS / "demo-resnet18"), str(data), "--shard-size", "0"])
+
+
+def test_with_queue_what_only_a_local_audit_has_is_refused_never_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_folder(tmp_path / "data", n=1)
+    nowhere = "http://127.0.0.1:9"  # refused before any request is made
+    for extra, needle in (
+        (["--threads", "1", "--shard-size", "3"], "['--shard-size', '--threads'] apply only to an audit run here"),
+        (["--device", "cpu"], "['--device'] apply only to an audit run here"),
+        (["--defense-quality", "60"], "['--defense-quality'] apply only with --defense"),
+        (["--defense", "jpeg", "--eot-samples", "3", "--defense-kernel-size", "5"], "do not apply to --defense jpeg"),
+    ):
+        assert cli(["audit", "demo-resnet18", str(data), "--queue", nowhere, *extra]) == 2
+        assert needle in capsys.readouterr().out

@@ -19,8 +19,9 @@ from redis import Redis
 
 from core import audits
 from core.audits import AuditSpec
+from models.attacks.adaptive import resolve_defense
 from models.audit import report, runner
-from models.audit.profiles import Threat, threats_for
+from models.audit.profiles import Threat, audit_threats
 from models.audit.runner import AuditData
 from models.audit.threats import AuditTarget
 from models.checkpoint import LoadedCheckpoint
@@ -67,10 +68,16 @@ def _setup(ctx: context.WorkerContext, spec: AuditSpec) -> Setup:
     ctx.zoo.refresh(ctx.settings.checkpoints_reload_s)
     loaded = ctx.zoo.get(spec.model)  # a KeyError (a LookupError) when removed: the job fails at once
     threshold, source = loaded.meta.operating_point(spec.threshold)
-    target = AuditTarget(loaded.name, loaded.detector.eval(), threshold)
+    sources = {}
+    for name in spec.transfer_from:  # each at its own operating threshold, as the command line loads them
+        src = ctx.zoo.get(name)
+        sources[src.name] = (src.detector.eval(), src.meta.operating_point()[0])
+    defense = resolve_defense(spec.defense)
+    target = AuditTarget(loaded.name, loaded.detector.eval(), threshold, sources=sources, defense=defense)
     data = StoredAuditData(Path(spec.dataset), spec.items, conn=ctx.conn, key=audits.images_key(spec.id),
                            max_pixels=ctx.settings.max_pixels)  # fmt: skip
-    threats = threats_for(spec.profile, eps=spec.eps)
+    threats = audit_threats(spec.profile, sources=list(sources), defense=defense is not None, eps=spec.eps,
+                            overrides=spec.overrides, l2=spec.l2_rms)  # fmt: skip
     return Setup(spec, loaded, target, data, threats, source)
 
 
@@ -114,7 +121,12 @@ def assemble(audit_id: str) -> dict[str, Any]:
             "demo_data": s.loaded.meta.demo_data,
         },
         "threshold_source": s.threshold_source,
-        "profile": {"name": spec.profile, "overrides": {}, "eps": None if spec.eps is None else list(spec.eps)},
+        "profile": {
+            "name": spec.profile,
+            "overrides": spec.overrides,
+            "eps": None if spec.eps is None else list(spec.eps),
+            "l2_rms": None if spec.l2_rms is None else list(spec.l2_rms),
+        },
         "dataset": spec.dataset,
         "environment": environment(ctx.zoo.device),
     }
@@ -128,5 +140,6 @@ def assemble(audit_id: str) -> dict[str, Any]:
             pipe.set(audits.report_key(audit_id, name), body, ex=ctx.settings.audit_ttl_s)
         pipe.expire(audits.spec_key(audit_id), ctx.settings.audit_ttl_s)  # the audit lives as long as its reports
         pipe.delete(audits.images_key(audit_id))  # the report holds what it shows of them: free Redis' memory
+        audits.release_slot(pipe, spec.owner, audit_id)  # finished: the key's DFG_MAX_JOBS_PER_KEY slot is free
         pipe.execute()
     return {"audit": audit_id, "summary": record["summary"], "unreliable": record["unreliable"]}

@@ -2,19 +2,18 @@
 detector, at its threshold, clean, re-encoded and under attack, with intervals and sanity flags (docs/AUDIT.md).
 
 Writes DIR/report.json (docs/schemas/audit.schema.json), DIR/report.html and DIR/per_image.csv. With ``--queue URL``
-the audit runs on a service's workers instead (``deepfake_guard.commands.audit_client``), CHECKPOINT naming one of
-its detectors.
+the audit runs on a service's workers instead (``deepfake_guard.commands.audit_client``), CHECKPOINT and
+``--transfer-from`` naming its detectors.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from deepfake_guard.commands.argtypes import float_text, parse_threshold, positive_int
-from deepfake_guard.commands.methods import add_defense_arguments, given_defense
+from deepfake_guard.commands.methods import DEFENSE_PREFIX, add_defense_arguments, given_defense
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,7 +36,8 @@ def add_parser(subparsers: Any) -> None:
                    help="budgets of the white-box L2 curve, per pixel (root-mean-square change, e.g. 2/255); each "
                    "row's L2 radius is RMS x sqrt(3 x H x W) of the detector's input")  # fmt: skip
     p.add_argument("--transfer-from", type=Path, nargs="*", default=[], metavar="CHECKPOINT",
-                   help="craft transfer attacks on these detectors (black-box)")  # fmt: skip
+                   help="craft transfer attacks on these detectors (black-box); with --queue, their names on the "
+                   "service")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="THREAT.PARAM=VALUE",
                    help="override a budget, e.g. --set eot_pgd.steps=50 (repeatable)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="the audit's seed (every shard's seed derives from it)")
@@ -51,24 +51,47 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--api-key", default=None, help="with --queue: the service's API key, if it requires one")
 
 
+#: What only an audit run here has, with their defaults: refused with --queue, never silently dropped. The service's
+#: own DFG_AUDIT_SHARD_SIZE sizes its shards, and its workers their device and threads.
+LOCAL_ONLY = {"shard_size": 16, "device": "auto", "threads": None}
+
+
+def _defense_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The defence flags as POST /audits' form fields, which are POST /attack's: ``defense``, the purifier's
+    parameters prefixed ``defense_`` (``--defense-quality`` is ``defense_quality``) and the adaptive attack's own
+    (``--eot-samples`` is ``eot_samples``). A flag the defence does not take is refused here, as in-process."""
+    from models.attacks.adaptive import NO_DEFENSE
+
+    given_defense(args)  # a stray flag is a ValueError naming it
+    if args.defense == NO_DEFENSE:
+        return {}
+    fields: dict[str, Any] = {"defense": args.defense}
+    for name, value in vars(args).items():
+        if value is None:
+            continue
+        if name.startswith("defense_param_"):
+            fields[DEFENSE_PREFIX + name.removeprefix("defense_param_")] = value
+        elif name.startswith("adaptive_"):
+            fields[name.removeprefix("adaptive_")] = value
+    return fields
+
+
 def _run_remote(args: argparse.Namespace) -> int:
     import httpx
 
     from deepfake_guard.commands.audit_client import ServiceError, run_remote
-    from models.attacks.adaptive import NO_DEFENSE
 
-    # The other options are for an audit run here: refused with --queue, never silently dropped.
-    defaults = {"transfer_from": [], "overrides": [], "seed": 0, "shard_size": 16, "device": "auto", "threads": None}
-    given = sorted(f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v)
-    if args.defense != NO_DEFENSE:
-        given.append("--defense")
+    given = sorted(f"--{k.replace('_', '-')}" for k, v in LOCAL_ONLY.items() if getattr(args, k) != v)
     if given:
-        print(f"error: --queue runs the service's audit of {args.checkpoint.name}; it does not take "
-              f"{given} (docs/AUDIT.md, As a service job)")  # fmt: skip
+        print(f"error: --queue runs the audit on the service's workers; {given} apply only to an audit run here "
+              "(docs/AUDIT.md, As a service job)")  # fmt: skip
         return 2
     try:
-        record = run_remote(args.queue, args.checkpoint.name, args.data, args.out, profile=args.profile,
-                            eps=args.eps, threshold=args.threshold, api_key=args.api_key)  # fmt: skip
+        record = run_remote(
+            args.queue, args.checkpoint.name, args.data, args.out, profile=args.profile, eps=args.eps,
+            threshold=args.threshold, api_key=args.api_key, transfer_from=[p.name for p in args.transfer_from],
+            defense=_defense_fields(args), overrides=args.overrides, seed=args.seed, l2_rms=args.l2_rms,
+        )  # fmt: skip
     except (ServiceError, ValueError, OSError) as exc:
         print(f"error: {exc}")
         return 2
@@ -80,22 +103,6 @@ def _run_remote(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        threat, dot, param = key.partition(".")
-        if not (eq and dot and threat and param):
-            raise ValueError(f"--set takes THREAT.PARAM=VALUE, got {item!r}")
-        parsed: Any
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(threat, {})[param] = parsed
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     if args.queue is not None:
         return _run_remote(args)
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from models import checkpoint
     from models.attacks.adaptive import resolve_defense
     from models.audit import report
-    from models.audit.profiles import EOT_RANDOMIZED, threats_for
+    from models.audit.profiles import audit_defense, audit_threats, parse_overrides
     from models.audit.runner import AuditData, assemble, original_png, run_audit
     from models.audit.threats import AuditTarget
     from models.devices import resolve_device
@@ -118,19 +125,14 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         loaded = checkpoint.load(args.checkpoint, map_location=device)
         data = AuditData.from_folder(args.data)
-        given = given_defense(args)
-        if given and "eot_samples" not in given:
-            from models import purify as purifiers
-
-            if purifiers.get(given["method"]).randomized:  # a defensible EOT count, stated in the record
-                given["eot_samples"] = EOT_RANDOMIZED[args.profile]
-        defense = resolve_defense(given)
+        defense = resolve_defense(audit_defense(given_defense(args), args.profile))
+        overrides = parse_overrides(args.overrides)
         sources = {}
         for path in args.transfer_from:
             src = checkpoint.load(path, map_location=device)
             sources[src.name] = (src.detector.eval(), src.meta.operating_point()[0])
-        threats = threats_for(args.profile, sources=list(sources), defense=defense is not None, eps=args.eps,
-                              overrides=_overrides(args.overrides), l2=args.l2_rms)  # fmt: skip
+        threats = audit_threats(args.profile, sources=list(sources), defense=defense is not None, eps=args.eps,
+                                overrides=overrides, l2=args.l2_rms)  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
@@ -164,12 +166,7 @@ def run(args: argparse.Namespace) -> int:
             "demo_data": loaded.meta.demo_data,
         },
         "threshold_source": source,
-        "profile": {
-            "name": args.profile,
-            "overrides": _overrides(args.overrides),
-            "eps": args.eps,
-            "l2_rms": args.l2_rms,
-        },
+        "profile": {"name": args.profile, "overrides": overrides, "eps": args.eps, "l2_rms": args.l2_rms},
         "dataset": args.data.name,
         "environment": environment(device),
     }

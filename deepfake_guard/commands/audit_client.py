@@ -8,6 +8,7 @@ import io
 import json
 import time
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +46,40 @@ def _check(resp: httpx.Response, ok: tuple[int, ...] = (200,)) -> httpx.Response
     return resp
 
 
+def form_value(value: Any) -> str:
+    """A value as the service's form reads it: numbers as Python writes them, booleans as true / false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def run_remote(
     url: str, model: str, data: Path, out: Path, *, profile: str, eps: list[float] | None, threshold: float | None,
-    api_key: str | None, timeout_s: float = 60.0,
+    api_key: str | None, transfer_from: Sequence[str] = (), defense: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (), seed: int = 0, timeout_s: float = 60.0, l2_rms: list[float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run the audit on the service at ``url``; the finished record (also written into ``out``)."""
+    """Run the audit on the service at ``url``; the finished record (also written into ``out``). ``transfer_from``
+    names the service's detectors, ``defense`` holds POST /audits' defence fields, ``overrides`` the ``set`` items
+    (``THREAT.PARAM=VALUE``)."""
     from tqdm import tqdm
 
     if not any((data / c).is_dir() for c in CLASS_NAMES):
         raise ValueError(f"{data} needs a fake/ or a real/ folder of images")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    form: dict[str, Any] = {"profile": profile}
+    form: dict[str, Any] = {"profile": profile, "seed": str(seed)}
     if model:
         form["model"] = model
     if eps:
         form["eps"] = [repr(e) for e in eps]
+    if l2_rms:
+        form["l2_rms"] = [repr(e) for e in l2_rms]
     if threshold is not None:
         form["threshold"] = repr(threshold)
+    if transfer_from:
+        form["transfer_from"] = list(transfer_from)
+    if overrides:
+        form["set"] = list(overrides)
+    form.update({k: form_value(v) for k, v in (defense or {}).items()})
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s) as client:
         body = zip_folder(data)
         files = {"file": (f"{data.name}.zip", body, "application/zip")}

@@ -110,3 +110,69 @@ def threats_for(
         merged = {**params, **over.get(name, {})}
         threats.append(Threat.of(name, merged))
     return threats
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``THREAT.PARAM=VALUE`` items (the command line's ``--set``, the service's ``set``) as ``threats_for`` takes
+    them: a VALUE that reads as JSON is that value (``50``, ``0.5``, ``true``), any other is text. A malformed item
+    is a ValueError naming it; ``threats_for`` checks the threats, parameters and values."""
+    import json
+
+    # Set by the audit's own options, which threats_for applies after the overrides: refused rather than dropped.
+    own_option = {
+        ("linf_suite", "eps"): "the white-box curve's budgets are the audit's eps (--eps)",
+        ("l2_suite", "rms"): "the white-box L2 curve's budgets are the audit's l2_rms (--l2-rms)",
+        ("transfer", "source"): "the transfer sources are the audit's transfer_from (--transfer-from)",
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        threat, dot, param = key.partition(".")
+        if not (eq and dot and threat and param):
+            raise ValueError(f"set {item!r}: expected THREAT.PARAM=VALUE, e.g. eot_pgd.steps=50")
+        if (threat, param) in own_option:
+            raise ValueError(f"set {item!r}: {own_option[threat, param]}")
+        parsed: Any
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(threat, {})[param] = parsed
+    return out
+
+
+def audit_defense(given: Mapping[str, Any] | None, profile: str) -> dict[str, Any] | None:
+    """The defence an audit attacks through, as ``models.attacks.adaptive.resolve_defense`` takes it (None for none):
+    ``given``, with a randomised purifier's EOT samples set to the profile's ``EOT_RANDOMIZED`` count when none is
+    given, a defensible count that the record then states (docs/AUDIT.md, "Profiles")."""
+    from models import purify as purifiers
+    from models.attacks.adaptive import NO_DEFENSE
+
+    if not given or given.get("method", NO_DEFENSE) == NO_DEFENSE:
+        return None
+    out = dict(given)
+    if out.get("eot_samples") is None and purifiers.get(out["method"]).randomized:
+        out["eot_samples"] = EOT_RANDOMIZED[profile]
+    return out
+
+
+def audit_threats(
+    profile: str,
+    *,
+    sources: Sequence[str] = (),
+    defense: bool = False,
+    eps: Sequence[float] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    l2: Sequence[float] | None = None,
+) -> list[Threat]:
+    """An audit's threats: ``threats_for``, and an override of a threat the audit does not run is a ValueError naming
+    it (``transfer.steps`` with no transfer source would be dropped while the record listed it), on the command line
+    and in the service alike."""
+    threats = threats_for(profile, sources=sources, defense=defense, eps=eps, overrides=overrides, l2=l2)
+    unused = sorted(set(overrides or {}) - {t.name for t in threats})
+    if unused:
+        needs = {"transfer": "a transfer source (transfer_from, --transfer-from)",
+                 "through_defense": "a defence (defense, --defense)"}  # fmt: skip
+        why = "".join(f"; {name} needs {needs[name]}" for name in unused if name in needs)
+        raise ValueError(f"set {unused}: this audit runs no such threat{why}")
+    return threats

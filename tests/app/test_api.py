@@ -372,7 +372,7 @@ def test_unknown_and_repeated_form_fields_are_refused(client: TestClient) -> Non
 
 def test_the_form_field_lists_match_the_routes(client: TestClient) -> None:
     from app.routes.attack import attack_fields
-    from app.routes.audits import AUDIT_FIELDS
+    from app.routes.audits import audit_fields
     from app.routes.detect import DETECT_FIELDS
     from app.routes.purify import purify_fields
 
@@ -383,7 +383,7 @@ def test_the_form_field_lists_match_the_routes(client: TestClient) -> None:
         ("/detect", DETECT_FIELDS),
         ("/purify", PURIFY_FIELDS),
         ("/attack", ATTACK_FIELDS),
-        ("/audits", AUDIT_FIELDS),
+        ("/audits", audit_fields()),
     )
     for path, fields in routes:
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]

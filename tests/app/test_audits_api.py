@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import zipfile
@@ -126,6 +127,80 @@ def test_bad_parameters_are_named(client: TestClient) -> None:
     assert_problem(post(client, body, eps="abc"), 422, "eps")
     assert_problem(post(client, body, eps="2"), 422, "eps")
     assert_problem(post(client, body, profile="huge"), 422, "profile")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "needle"),
+    [
+        ({"transfer_from": "nope"}, 404, "unknown model 'nope'; choose one of ['tiny-resnet', 'tiny-vgg']"),
+        ({"transfer_from": "tiny-vgg"}, 422, "transfer_from='tiny-vgg' is the audited detector"),
+        ({"transfer_from": "tiny-resnet, tiny-resnet"}, 422, "transfer_from names ['tiny-resnet'] more than once"),
+        ({"defense": "blur"}, 422, "defense: Input should be 'none', 'dip', 'jpeg'"),
+        ({"defense_quality": "60"}, 422, "apply only with a defense"),
+        ({"defense": "jpeg", "defense_quality": "0"}, 422, "defense_quality: Input should be greater than"),
+        ({"defense": "jpeg", "defense_kernel_size": "5"}, 422, "['defense_kernel_size'] do not apply to method='jpeg'"),
+        ({"defense": "jpeg", "eot_samples": "4"}, 422, "eot_samples applies only to a randomised purifier"),
+        ({"defense": "dip", "bpda_iterations": "30000"}, 422, "bpda_iterations=30000 exceeds the limit of 20000"),
+        ({"set": "eot_pgd.steps"}, 422, "set 'eot_pgd.steps': expected THREAT.PARAM=VALUE"),
+        ({"set": "nosuch.steps=3"}, 422, "'nosuch'"),
+        ({"set": "eot_pgd.stepz=3"}, 422, "threat 'eot_pgd' takes ['eot', 'eps', 'steps'], not ['stepz']"),
+        ({"set": "eot_pgd.steps=0"}, 422, "eot_pgd.steps"),
+        ({"set": "linf_suite.eps=0.1"}, 422, "the white-box curve's budgets are the audit's eps"),
+        ({"set": "transfer.source=tiny-resnet"}, 422, "the transfer sources are the audit's transfer_from"),
+        ({"set": "transfer.steps=2"}, 422, "set ['transfer']: this audit runs no such threat; transfer needs a"),
+        ({"set": "through_defense.steps=2"}, 422, "through_defense needs a defence"),
+        ({"seed": "-1"}, 422, "seed: Input should be greater than or equal to 0"),
+        ({"set": "l2_suite.rms=0.1"}, 422, "the white-box L2 curve's budgets are the audit's l2_rms"),
+        ({"l2_rms": "two"}, 422, "l2_rms: "),
+        ({"l2_rms": "2"}, 422, "l2_suite.rms"),
+    ],
+    ids=["unknown-source", "audited-source", "repeated-source", "unknown-defense", "defense-param-alone",
+         "defense-param-bounds", "another-purifiers-param", "eot-deterministic", "dip-cap", "set-malformed",
+         "set-unknown-threat", "set-unknown-param", "set-bad-value", "set-eps", "set-source", "set-no-transfer",
+         "set-no-defence", "seed", "set-l2", "l2-not-a-number", "l2-out-of-range"],
+)  # fmt: skip
+def test_bad_audit_options_are_named_before_the_upload_is_read(
+    client: TestClient, redis_url: str, data: dict[str, str], status: int, needle: str
+) -> None:
+    # The body is no zip at all: an answer about the option shows it was checked before the upload was read.
+    assert_problem(post(client, b"PK\x03\x04 no zip", **data), status, needle)
+    assert audit_keys(redis_url) == []
+
+
+def test_the_audit_keeps_its_sources_defence_overrides_and_seed(client: TestClient, redis_url: str) -> None:
+    resp = client.post(
+        "/audits", files={"file": ("set.zip", data_zip(1, 1), "application/zip")},
+        data={"transfer_from": ["tiny-resnet"], "defense": "dip", "defense_max_iterations": "50",
+              "set": ["eot_pgd.steps=3", "through_defense.steps=2"], "seed": "7", "eps": "8/255",
+              "l2_rms": "3/255"},
+    )  # fmt: skip
+    assert resp.status_code == 202, resp.text
+    conn = Redis.from_url(redis_url)
+    spec = audits.load_spec(conn, resp.json()["id"])
+    assert spec is not None and spec.seed == 7 and spec.transfer_from == ("tiny-resnet",)
+    # DIP is randomised: the quick profile's EOT count, as the command line gives it (docs/AUDIT.md, Profiles)
+    assert spec.defense == {"method": "dip", "max_iterations": 50, "eot_samples": 2}
+    assert spec.overrides == {"eot_pgd": {"steps": 3}, "through_defense": {"steps": 2}}
+    assert spec.l2_rms == (3 / 255,)
+    threats = {p["threat"] for p in client.get(resp.headers["Location"]).json()["progress"]}
+    assert [t for t in threats if t.startswith("l2_suite")] == ["l2_suite(budget=quick, rms=1/85)"]
+    assert {"transfer(eps=8/255, source=tiny-resnet, steps=10)", "through_defense(eps=4/255, steps=2)",
+            "eot_pgd(eot=4, eps=4/255, steps=3)"} <= threats  # fmt: skip
+    standard = post(client, data_zip(1, 1), defense="dip", profile="standard")
+    spec = audits.load_spec(conn, standard.json()["id"])
+    assert spec is not None and spec.defense == {"method": "dip", "eot_samples": 20}
+    given = post(client, data_zip(1, 1), defense="dip", eot_samples="5")
+    spec = audits.load_spec(conn, given.json()["id"])
+    assert spec is not None and spec.defense == {"method": "dip", "eot_samples": 5}
+
+
+def test_a_spec_stored_before_the_options_existed_still_reads(redis_url: str) -> None:
+    old = {"id": "a" * 32, "owner": "public", "model": "tiny-vgg", "profile": "quick", "dataset": "d",
+           "items": [["fake/a.png", 0]], "eps": None, "threshold": None, "seed": 0, "shard_size": 16,
+           "created_at": 1.0, "shards": [["j", "clean@0", "q"]]}  # fmt: skip
+    spec = audits.AuditSpec.from_json(json.dumps(old))
+    assert spec.transfer_from == () and spec.defense is None and spec.overrides == {}
+    assert audits.AuditSpec.from_json(spec.to_json()) == spec
 
 
 def test_an_audit_is_queued_as_shards_and_its_report_is_404_until_finished(client: TestClient, redis_url: str) -> None:

@@ -24,8 +24,10 @@ from redis import Redis
 from rq.job import Job
 from rq.worker import Worker
 
+from app.auth import hash_key
 from core import audits
 from core.audits import AuditSpec
+from core.keys import owner_jobs_key
 from core.settings import Settings
 from deepfake_guard.cli import main as cli
 from tests.conftest import Processes, make_tiny_checkpoint, service_env, wait_for
@@ -170,3 +172,96 @@ def test_exactly_one_stored_shard_completes_the_set_however_they_interleave(redi
         completes = list(pool.map(lambda k: audits.record_shard(conn, settings, spec, k, {"k": k}), keys * 2))
     assert sum(completes) == 1
     assert conn.scard(audits.done_key(spec.id)) == 40 and conn.hlen(audits.results_key(spec.id)) == 40
+
+
+KEY_A, KEY_B = "audit-cap-key-a-0123456789", "audit-cap-key-b-9876543210"
+A, B = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"}
+
+
+def slots_of(conn: Redis, key: str) -> set[str]:
+    """What counts toward the API key's DFG_MAX_JOBS_PER_KEY now."""
+    return {m.decode() for m in conn.zrange(owner_jobs_key(hash_key(key)[:16]), 0, -1)}
+
+
+def test_an_audit_holds_one_of_its_keys_job_slots_until_it_ends(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    env = service_env(redis_url, tiny_checkpoints, DFG_API_KEYS=f"{hash_key(KEY_A)},{hash_key(KEY_B)}",
+                      DFG_MAX_JOBS_PER_KEY="2")  # fmt: skip
+    base = processes.api(env)
+    conn = Redis.from_url(redis_url)
+    body = data_zip(1, 1)
+
+    def purify(headers: dict[str, str]) -> httpx.Response:
+        png = zipfile.ZipFile(io.BytesIO(body)).read("data/fake/00.png")
+        return httpx.post(f"{base}/purify", files={"file": ("a.png", png)}, data={"method": "jpeg"}, headers=headers,
+                          timeout=60)  # fmt: skip
+
+    first = start_audit(base, body, A)
+    assert purify(A).status_code == 202  # an ordinary job beside it: the key's two slots are taken
+    refused = httpx.post(f"{base}/audits", files={"file": ("data.zip", body)}, headers=A, timeout=60)
+    ordinary = purify(A)
+    for resp in (refused, ordinary):  # the same 429 problem for an audit as for a job
+        assert resp.status_code == 429 and resp.headers["content-type"].startswith("application/problem+json")
+        assert int(resp.headers["retry-after"]) >= 1
+    assert refused.json() | {"instance": None} == ordinary.json() | {"instance": None}
+    assert "2 jobs queued or running, audits included (limit 2)" in refused.json()["detail"]
+    start_audit(base, body, B)  # another key has its own slots
+
+    assert httpx.delete(f"{base}/audits/{first}", headers=A, timeout=30).json()["status"] == "stopped"
+    second = start_audit(base, body, A)  # the stopped audit's slot is free
+    assert audits.slot_member(first) not in slots_of(conn, KEY_A)
+    assert 0 < conn.ttl(audits.slot_key(second)) <= Settings().audit_ttl_s  # an audit never ended expires, slot too
+    conn.delete(audits.slot_key(second))  # as its TTL does
+    third = start_audit(base, body, A)  # the expired audit no longer counts
+    assert audits.slot_member(second) not in slots_of(conn, KEY_A)
+
+    # A worker without the audited detector: its shards fail, and the audit is failed when next polled.
+    other = tmp_path / "other"
+    other.mkdir()
+    make_tiny_checkpoint(other, "tiny-resnet", arch="resnet18", seed=1)
+    processes.worker(service_env(redis_url, other, DFG_DEFAULT_MODEL="tiny-resnet"))
+    spec = audits.load_spec(conn, third)
+    assert spec is not None
+
+    def a_shard_failed() -> bool:
+        return any(j is not None and j.get_status() == "failed"
+                   for j in Job.fetch_many([s for s, _, _ in spec.shards], connection=conn))  # fmt: skip
+
+    wait_for(a_shard_failed, AUDIT_DEADLINE_S, "a shard of the audit to fail")
+    assert audits.slot_member(third) in slots_of(conn, KEY_A)
+    info = httpx.get(f"{base}/audits/{third}", headers=A, timeout=30).json()
+    assert info["status"] == "failed" and "unknown model 'tiny-vgg'" in info["error"]
+    assert audits.slot_member(third) not in slots_of(conn, KEY_A)
+
+
+@pytest.mark.slow
+def test_the_service_audit_with_transfer_a_defence_and_overrides_is_the_command_lines(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    # Shards of 3 of the 4 images: every threat's result is merged from two shards, as the command line's.
+    env = service_env(redis_url, tiny_checkpoints, DFG_AUDIT_SHARD_SIZE="3", DFG_API_KEYS=hash_key(KEY_A),
+                      DFG_MAX_JOBS_PER_KEY="1")  # fmt: skip
+    base = processes.api(env)
+    processes.worker(env)
+    body = data_zip(2, 2)
+    zipfile.ZipFile(io.BytesIO(body)).extractall(tmp_path)
+    options = ["--eps", "8/255", "--defense", "jpeg", "--defense-quality", "60", "--set", "eot_pgd.steps=2",
+               "--set", "eot_pgd.eot=1", "--set", "transfer.steps=2", "--set", "through_defense.steps=2", "--seed",
+               "3"]  # fmt: skip
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert cli(["audit", str(tiny_checkpoints / "tiny-vgg"), str(tmp_path / "data"), "--transfer-from",
+                str(tiny_checkpoints / "tiny-resnet"), "--shard-size", "3", "--threads", "1", "--out", str(local),
+                *options]) == 0  # fmt: skip
+    # --queue names the service's detectors, and forwards the defence, the overrides and the seed
+    assert cli(["audit", "tiny-vgg", str(tmp_path / "data"), "--transfer-from", "tiny-resnet", "--queue", base,
+                "--api-key", KEY_A, "--out", str(remote), *options]) == 0  # fmt: skip
+    here, there = (json.loads((d / "report.json").read_text()) for d in (local, remote))
+    for record in (here, there):
+        record.pop("environment")
+    assert_same(there, here)
+    assert {"transfer", "through a defence"} <= {r["family"] for r in there["threats"]}
+    assert there["profile"]["overrides"]["eot_pgd"] == {"steps": 2, "eot": 1} and there["seed"] == 3
+    assert there["defense"]["purifier"] == "jpeg" and there["defense"]["params"] == {"quality": 60}
+    assert slots_of(Redis.from_url(redis_url), KEY_A) == set()  # finished: its slot is free for the next audit
+    start_audit(base, body, A)
