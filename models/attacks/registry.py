@@ -32,10 +32,11 @@ TARGETED = Param(
 
 
 #: The L2 attacks' budget: the L2 norm of the whole perturbation, in [0, 1] pixel units, of the image the detector sees
-#: (its fitted input). A per-pixel figure does not carry over between image sizes; docs/ATTACKS.md, "L2 budgets".
+#: (its fitted input). A per-pixel figure does not carry over between image sizes; docs/ATTACKS.md, "L2 budgets". The
+#: API refuses a radius under half an 8-bit level, as for L-inf: no pixel could move far enough to survive rounding.
 EPS_L2 = Param(
     "eps", float, "L2 budget (the whole perturbation's L2 norm) in [0,1] pixel units of the fitted image", default=1.0,
-    low=0.0, high=10_000.0, api_low_open=True,
+    low=0.0, high=10_000.0, api_low=1 / 510, api_low_open=False,
 )  # fmt: skip
 
 
