@@ -18,6 +18,7 @@ import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -355,3 +356,18 @@ def markdown_table(methods: list[Method]) -> str:
                 f"| {p.description} |"
             )
     return "\n".join(rows)
+
+
+def eps_text(value: float) -> str:
+    """A budget as RobustBench writes it: ``8/255`` for 0.0313... (whole 8-bit levels), else the smallest fraction that
+    fits (denominator up to 1000: ``3/100``, ``1/510``), else levels with up to two decimals (``0.25/255``), else a
+    plain number."""
+    levels = value * 255
+    if abs(levels - round(levels)) < 1e-7 and 0 < round(levels) < 255:
+        return f"{round(levels)}/255"
+    frac = Fraction(value).limit_denominator(1000)
+    if abs(float(frac) - value) < 1e-9:
+        return str(frac)
+    if abs(levels - round(levels, 2)) < 1e-7 and round(levels, 2) > 0:
+        return f"{round(levels, 2):g}/255"
+    return f"{value:g}"

@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     from models import checkpoint
     from models.attacks.adaptive import resolve_defense
-    from models.audit.profiles import eps_text
     from models.audit.sanity import suite_flags
     from models.data.folder import list_images, read_fitted
     from models.detector import CLASS_NAMES, FAKE_INDEX
     from models.devices import resolve_device
     from models.evaluation.robustness import BUDGETS, SUITES, run_suite
+    from models.methods import eps_text
 
     suite = SUITES[args.norm]
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from models.audit.threats import get
+from models.methods import eps_text
 
 #: The L-inf budgets of the white-box curve (pixel units).
 QUICK_EPS = (2 / 255, 4 / 255, 8 / 255)
@@ -21,12 +21,6 @@ STANDARD_L2 = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 #: EOT samples per step of an adaptive attack through a randomised defence: AutoAttack's version for randomised
 #: models ("rand") averages 20 (Croce & Hein 2020); the quick profile's 2 is only a smoke test, and says so.
 EOT_RANDOMIZED = {"quick": 2, "standard": 20}
-
-
-def eps_text(value: float) -> str:
-    """8/255 for 0.0313..., as RobustBench writes budgets; a plain number when no small denominator fits."""
-    frac = Fraction(value).limit_denominator(1000)
-    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-9 else f"{value:g}"
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def eps_curve(record: dict[str, Any], name: str = "linf_suite") -> str | None:
             for r in curve:
                 ax.annotate(f"L2 {r['eps_l2']:.3g}", (255 * r["params"][budget], 0), textcoords="offset points",
                             xytext=(0, 4), ha="center", fontsize=7)  # fmt: skip
-            xlabel_shown = f"{xlabel}; radius at {c} x {h} x {w}"
+            xlabel_shown = f"{xlabel}\neach point's L2 radius marked, at the input size {c} x {h} x {w}"
         else:
             xlabel_shown = xlabel
         ax.set_xlabel(xlabel_shown)

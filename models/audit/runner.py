@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from models.audit import sanity, stats
-from models.audit.profiles import Threat, eps_text
+from models.audit.profiles import Threat
 from models.audit.threats import L2_SUITE, AuditTarget, Shard, fit_native, l2_radius
 from models.data.folder import IMAGE_EXTENSIONS, read_image
 from models.detector import CLASS_NAMES, FAKE_INDEX
 from models.images import encode_png
+from models.methods import eps_text
 
 AUDIT_VERSION = 1
 #: Images per shard: small enough that a dead worker costs little, large enough to batch the attacks.

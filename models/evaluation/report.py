@@ -13,6 +13,7 @@ from typing import Any
 
 from models.attacks import FGSM
 from models.evaluation.attacks import summary_table
+from models.methods import eps_text
 from models.purify import DIP
 
 ATTACK_LABELS = {FGSM.name: "FGSM", "cw_default": "CW-L2 (default)", "cw_paper": "CW-L2 (paper)"}
@@ -361,10 +362,6 @@ def _dip_section(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _eps_text(eps: float) -> str:
-    return f"{eps * 255:.3g}/255"
-
-
 def _suite_cells(name: str, v: dict[str, Any]) -> list[str]:
     fooled = " / ".join(str(c) for c in v["fooled_by"].values())
     return [name, str(v["n"]), pct(v["clean_accuracy"]), pct(v["robust_accuracy"]), fooled, str(v["forward_passes"])]
@@ -396,7 +393,7 @@ def _r5_section(results: dict[str, Any]) -> str:
                 setting += f"; {d['attack_params'].get('max_iterations', '')} steps inside, EOT {d['eot_samples']}"
                 setting += f", {d['resubmissions']} resubmissions"
             rows.append([
-                row["purifier"], setting, d["bpda"], _eps_text(row["eps"]), th,
+                row["purifier"], setting, d["bpda"], eps_text(row["eps"]), th,
                 pct(acc["clean"]["worst"]), f"{pct(acc['non_adaptive']['worst'])} / {pct(acc['non_adaptive']['mean'])}",
                 f"{pct(acc['adaptive']['worst'])} / {pct(acc['adaptive']['mean'])}",
                 f"{row['non_adaptive_s_per_image']:.2f} / {row['adaptive_s_per_image']:.2f}",
@@ -409,7 +406,7 @@ def _r5_section(results: dict[str, Any]) -> str:
         parts += [
             "",
             "Standard two-class suite (APGD-CE + FAB + Square, worst case per image, L-inf "
-            f"{_eps_text(cfg['r5_suite_eps'])}, `{cfg['r5_suite_budget']}` budget, docs/ATTACKS.md), bare "
+            f"{eps_text(cfg['r5_suite_eps'])}, `{cfg['r5_suite_budget']}` budget, docs/ATTACKS.md), bare "
             "detectors, on the attacked images:",
             "",
             table(

@@ -183,7 +183,7 @@ def test_the_audit_keeps_its_sources_defence_overrides_and_seed(client: TestClie
     assert spec.overrides == {"eot_pgd": {"steps": 3}, "through_defense": {"steps": 2}}
     assert spec.l2_rms == (3 / 255,)
     threats = {p["threat"] for p in client.get(resp.headers["Location"]).json()["progress"]}
-    assert [t for t in threats if t.startswith("l2_suite")] == ["l2_suite(budget=quick, rms=1/85)"]
+    assert [t for t in threats if t.startswith("l2_suite")] == ["l2_suite(budget=quick, rms=3/255)"]
     assert {"transfer(eps=8/255, source=tiny-resnet, steps=10)", "through_defense(eps=4/255, steps=2)",
             "eot_pgd(eot=4, eps=4/255, steps=3)"} <= threats  # fmt: skip
     standard = post(client, data_zip(1, 1), defense="dip", profile="standard")

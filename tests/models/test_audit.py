@@ -199,7 +199,7 @@ def test_the_quick_profile_has_an_l2_curve_whose_budgets_only_l2_rms_sets() -> N
     rows = [t for t in threats_for("quick") if t.name == "l2_suite"]
     assert [t.kwargs["rms"] for t in rows] == [1 / 255, 2 / 255]
     assert [t.id for t in threats_for("quick", l2=[3 / 255]) if t.name == "l2_suite"] == [
-        "l2_suite(budget=quick, rms=1/85)"
+        "l2_suite(budget=quick, rms=3/255)"
     ]
     with pytest.raises(ValueError, match="--l2-rms"):
         threats_for("quick", overrides={"l2_suite": {"rms": 0.1}})
@@ -220,3 +220,14 @@ def test_the_suites_own_flags_make_a_robustness_record_unreliable() -> None:
     assert [(f["flag"], f["images"]) for f in random] == [("randomness", 1)]
     dip = resolve_defense({"method": "dip", "eot_samples": 2})
     assert [f["flag"] for f in suite_flags(plain, [0.0, 0.0], defense=dip)] == ["randomized_or_iterative_defense"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(8 / 255, "8/255"), (3 / 255, "3/255"), (0.25 / 255, "0.25/255"), (1 / 510, "1/510"), (0.03, "3/100"),
+     (1.5, "3/2"), (1.0, "1"), (1e-5, "1e-05")],
+)  # fmt: skip
+def test_budgets_are_written_as_robustbench_writes_them(value: float, text: str) -> None:
+    from models.methods import eps_text
+
+    assert eps_text(value) == text
