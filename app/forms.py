@@ -141,10 +141,15 @@ class MethodForm:
         return {self.keywords[(method.name, f)]: v for f, v in chosen.items()}
 
     def resolve(self, method: Method, values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-        """``given`` plus ``extra``, resolved by the method's declaration (``Method.resolve``); a ValueError becomes
-        a 422 naming the form field."""
+        """``given`` plus ``extra``, resolved (``resolve_given``)."""
+        return self.resolve_given(method, {**self.given(method, values), **extra})
+
+    @staticmethod
+    def resolve_given(method: Method, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The values ``given`` returned, resolved by the method's declaration (``Method.resolve``); a ValueError
+        becomes a 422 naming the form field."""
         try:
-            return method.resolve({**self.given(method, values), **extra}, by_field=True)
+            return method.resolve(given, by_field=True)
         except ValueError as exc:
             raise InvalidParameter(str(exc)) from exc
 

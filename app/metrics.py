@@ -8,6 +8,7 @@ uvicorn process, so one registry holds all of the API's figures.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import jobmetrics
+from core.job_plan import JobPlan
 from core.settings import Settings
 
 log = logging.getLogger("deepfake_guard.api")
@@ -157,7 +159,9 @@ class RedisCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the families depend on Redis' answer: nothing to check at registration
 
-    def read(self, conn: Redis, settings: Settings) -> tuple[dict[str, int], jobmetrics.JobFigures, int]:
+    def read(
+        self, conn: Redis, settings: Settings
+    ) -> tuple[dict[str, int], jobmetrics.JobFigures, int, dict[str, float]]:
         now = time.time()
         states = ("started", "deferred", "finished", "failed", "canceled")
         queues = [Queue(name, connection=conn) for name in settings.queue_names]  # summed over every queue
@@ -165,7 +169,7 @@ class RedisCollector(Collector):
             for queue in queues:
                 # Registry scores are expiry times (scheduled: the run time): count what the next cleanup would
                 # keep, without running it, so a scrape changes nothing. Stopped jobs are kept in "failed" (RQ).
-                pipe.llen(queue.key)
+                pipe.lrange(queue.key, 0, -1)  # the ids: their plans give the queue's backlog in seconds
                 pipe.zcard(queue.scheduled_job_registry.key)
                 for key in (
                     queue.started_job_registry.key, queue.deferred_job_registry.key, queue.finished_job_registry.key,
@@ -185,9 +189,22 @@ class RedisCollector(Collector):
             for state, n in zip(
                 ("queued", "scheduled", *states), replies[i * per_queue : (i + 1) * per_queue], strict=True
             ):
-                depth[state] += int(n)
+                depth[state] += len(n) if state == "queued" else int(n)
         raw, _, workers = replies[len(queues) * per_queue :]
-        return depth, jobmetrics.parse(raw), int(workers)
+        waiting = {q.name: replies[i * per_queue] for i, q in enumerate(queues)}
+        return depth, jobmetrics.parse(raw), int(workers), self.backlog(conn, queues, waiting)
+
+    @staticmethod
+    def backlog(conn: Redis, queues: list[Queue], waiting: dict[str, list[bytes]]) -> dict[str, float]:
+        """Per queue, the expected seconds of the jobs waiting in it: the sum of their cost plans' ``expected_s``
+        (core/job_plan.py, in each job's meta). A job without a plan (its parameters are refused by the worker at
+        once) counts 0. One more pipelined round trip, of at most DFG_MAX_QUEUE_DEPTH reads."""
+        with conn.pipeline(transaction=False) as pipe:
+            for q in queues:
+                for job_id in waiting[q.name]:
+                    pipe.hget(q.job_class.key_for(job_id.decode()), "meta")
+            metas = iter(pipe.execute())
+        return {q.name: sum(_expected_s(q, next(metas)) for _ in waiting[q.name]) for q in queues}
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("dfg_redis_up", "1 if the last scrape read the queue's figures from Redis, else 0.")
@@ -197,7 +214,7 @@ class RedisCollector(Collector):
             yield up
             return
         try:
-            depth, figures, live = self.read(conn, self.state.settings)
+            depth, figures, live, backlog = self.read(conn, self.state.settings)
         except RedisError as exc:
             log.warning("/metrics: queue and worker figures left out, Redis is unreachable: %s", exc)
             up.add_metric([], 0)
@@ -205,14 +222,33 @@ class RedisCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from families(depth, figures, live)
+        yield from families(depth, figures, live, backlog)
 
 
-def families(depth: dict[str, int], figures: jobmetrics.JobFigures, live: int) -> Iterator[Metric]:
+def _expected_s(queue: Queue, raw: bytes | None) -> float:
+    """A waiting job's expected seconds from its meta's plan; 0 without one (or if it expired meanwhile)."""
+    if not raw:
+        return 0.0
+    try:
+        return JobPlan.from_json(queue.serializer.loads(raw)["plan"]).expected_s
+    except (KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return 0.0
+
+
+def families(
+    depth: dict[str, int], figures: jobmetrics.JobFigures, live: int, backlog: dict[str, float]
+) -> Iterator[Metric]:
     gauge = GaugeMetricFamily("dfg_queue_jobs", "Jobs in the queue and in RQ's registries, by state.", labels=["state"])
     for state in QUEUE_STATES:
         gauge.add_metric([state], depth.get(state, 0))
     yield gauge
+    seconds = GaugeMetricFamily(
+        "dfg_queue_expected_seconds", "Expected seconds of the jobs waiting in each queue, from their cost plans "
+        "(DFG_ATTACK_STEP_S, DFG_DIP_STEP_S).", labels=["queue"],
+    )  # fmt: skip
+    for queue, total in backlog.items():
+        seconds.add_metric([queue], total)
+    yield seconds
     outcomes = CounterMetricFamily(
         "dfg_jobs", "Job attempts by how they ended (retried: an attempt that began after an earlier one).",
         labels=["kind", "method", "outcome"],

@@ -147,9 +147,10 @@ def build_router() -> APIRouter:
             raise InvalidParameter(f"method={method!r} has no targeted mode")
         jobs.check_idempotency_key(idempotency_key)  # refused alike whether the attack is queued or not
         # Every check the attack itself would make, now: a bad value is a 422, never a failed job or a 500. The job
-        # keeps the request's own values (a preset stays named); the attack resolves them again, identically.
+        # keeps the request's own values (a preset stays named); attack_in_zoo resolves them again, identically,
+        # whether it runs here (synchronous) or in the worker.
         given = {**form.given(spec, values), **extra}
-        resolved = form.resolve(spec, values, **extra)
+        resolved = form.resolve_given(spec, given)
         defended = defense_request(dform, defense, values, settings)
         try:
             check_adaptive_crop(crop, defended is not None)

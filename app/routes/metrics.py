@@ -10,7 +10,7 @@ router = APIRouter(tags=["operations"])
 @router.get(
     "/metrics",
     response_class=Response,
-    summary="Prometheus metrics (text format): HTTP, /detect, queue depth, jobs, workers",
+    summary="Prometheus metrics (text format): HTTP, /detect, queue depth and backlog, jobs, workers",
     responses={200: {"content": {"text/plain": {}}, "description": "docs/OPERATIONS.md lists every metric"}},
 )
 def metrics(api_metrics: ApiMetrics = Depends(get_api_metrics)) -> Response:

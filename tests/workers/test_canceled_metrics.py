@@ -22,5 +22,5 @@ def test_a_canceled_job_is_counted_as_canceled(tiny_checkpoints: Path, redis_url
         ]
         for job in queued[:2]:
             assert jobs.cancel(conn, settings, job) == "canceled"
-        depth, _, _ = RedisCollector(SimpleNamespace(redis=conn, settings=settings)).read(conn, settings)
+        depth, _, _, _ = RedisCollector(SimpleNamespace(redis=conn, settings=settings)).read(conn, settings)
     assert depth["canceled"] == 2 and depth["queued"] == 1, depth

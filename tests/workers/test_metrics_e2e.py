@@ -88,3 +88,31 @@ def test_a_retry_after_a_worker_death_is_counted_and_the_dead_worker_leaves(
     assert get(m, "dfg_jobs_total", outcome="finished", **DIP) == 1
     assert get(m, "dfg_workers_live") == 1
     assert get(m, "dfg_queue_jobs", state="queued") == 0 and get(m, "dfg_queue_jobs", state="started") == 0
+
+
+def test_each_queues_backlog_in_expected_seconds_comes_from_the_jobs_plans(
+    processes: Processes, redis_url: str, tiny_checkpoints: Path
+) -> None:
+    # No worker: the jobs stay queued. Steps priced at binary fractions, so the sums are exact.
+    env = service_env(redis_url, tiny_checkpoints, DFG_ATTACK_STEP_S="0.25", DFG_DIP_STEP_S="0.5",
+                      DFG_PGD_SYNC_MAX_STEPS="10")  # fmt: skip
+    base = processes.api(env)
+    submit(base, method="jpeg", quality="50")
+    dip = submit(base, method="dip", max_iterations="1000", stop="fixed")
+    png = files.encode(files.gradient_rgb(48, 40), "PNG")
+    attack = httpx.post(
+        f"{base}/attack", files={"file": ("a.png", png, "image/png")}, data={"method": "pgd", "steps": "50"}, timeout=60
+    )
+    assert attack.status_code == 202, attack.text  # above DFG_PGD_SYNC_MAX_STEPS: queued
+    # The plans (core/job_plan.py; docs/OPERATIONS.md, "One cost plan per job"), a 48 x 40 image counting as one
+    # 512 x 512: JPEG, 1 detector step (scoring); PGD, 50 steps and the delivered file's judging; DIP, 1,000 DIP steps
+    # and the scoring.
+    fast, slow = "deepfake-guard", "deepfake-guard-slow"
+    m = scrape(base)
+    assert get(m, "dfg_queue_expected_seconds", queue=fast) == 0.25 + 51 * 0.25
+    assert get(m, "dfg_queue_expected_seconds", queue=slow) == 0.25 + 1000 * 0.5
+    assert get(m, "dfg_queue_jobs", state="queued") == 3
+    assert httpx.delete(f"{base}/jobs/{dip}", timeout=30).status_code == 200  # canceled: no longer waiting
+    m = scrape(base)
+    assert get(m, "dfg_queue_expected_seconds", queue=slow) == 0
+    assert get(m, "dfg_queue_expected_seconds", queue=fast) == 0.25 + 51 * 0.25
