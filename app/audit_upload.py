@@ -142,9 +142,10 @@ def read_audit_zip(data: bytes, filename: str, settings: Settings) -> AuditUploa
         infos = archive.infolist()
         check_directory(infos, settings)
         kept = [i for i in infos if not _skippable(i.filename)]
-        skipped = sorted(i.filename for i in infos if _skippable(i.filename))
+        # Folder entries are no files: not worth a word. Metadata files (.DS_Store, __MACOSX/...) are said skipped.
+        skipped = sorted(i.filename for i in infos if _skippable(i.filename) and not i.filename.endswith("/"))
         if not kept:
-            raise BadAuditZip(f"{filename} holds no files (only {_names(skipped)})")
+            raise BadAuditZip(f"{filename} holds no files (only {_names(sorted(i.filename for i in infos))})")
         root = _data_root([i.filename for i in kept])
         images, others = [], []
         for info in kept:

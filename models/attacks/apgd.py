@@ -206,5 +206,6 @@ APGD_CE_L2 = register(
         ),
         description="Auto-PGD on the cross-entropy in L2 (Croce & Hein 2020): eps is the whole perturbation's L2 norm",
         steps=_steps,
+        norm="l2",
     )
 )

@@ -302,5 +302,6 @@ FAB_L2 = register(
         ),
         description="fast adaptive boundary attack in L2 (Croce & Hein 2020): minimum L2 norm, kept within eps",
         steps=_steps,
+        norm="l2",
     )
 )

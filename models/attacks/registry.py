@@ -61,6 +61,9 @@ class AttackSpec(Method):
 
     steps: Callable[[Mapping[str, Any]], int] = _one_step
     sync_budget: SyncBudget = "gradient"
+    #: The norm ``eps`` bounds: "linf", or "l2" (the delivery then keeps the 8-bit file within it:
+    #: ``models.attacks.measure.fit_l2_budget``).
+    norm: str = "linf"
 
     kind: ClassVar[str] = "attack"
 

@@ -72,12 +72,11 @@ def eps_curve(record: dict[str, Any], name: str = "linf_suite") -> str | None:
             xs, ys, err = _rate_points(curve, key, budget)
             if xs:
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
-        if "eps_l2" in curve[0]:  # the radius each point used, at the detector's input size
+        if "eps_l2" in curve[0]:  # each tick also gives the radius it stands for, at the detector's input size
             c, h, w = curve[0]["input_size"]
-            for r in curve:
-                ax.annotate(f"L2 {r['eps_l2']:.3g}", (255 * r["params"][budget], 0), textcoords="offset points",
-                            xytext=(0, 4), ha="center", fontsize=7)  # fmt: skip
-            xlabel_shown = f"{xlabel}\neach point's L2 radius marked, at the input size {c} x {h} x {w}"
+            ticks = [255 * r["params"][budget] for r in curve]
+            ax.set_xticks(ticks, [f"{t:g}\n{r['eps_l2']:.3g}" for t, r in zip(ticks, curve, strict=True)], fontsize=8)
+            xlabel_shown = f"{xlabel}\nunder each: the L2 radius at the input size {c} x {h} x {w}"
         else:
             xlabel_shown = xlabel
         ax.set_xlabel(xlabel_shown)

@@ -209,6 +209,7 @@ def test_an_audit_is_queued_as_shards_and_its_report_is_404_until_finished(clien
     with zipfile.ZipFile(buf, "a") as z:
         z.writestr("set/.DS_Store", b"x")
         z.writestr("__MACOSX/set/._00.png", b"x")
+        z.writestr(zipfile.ZipInfo("set/fake/"), b"")  # a folder entry, as `zip -r` writes them: not worth a word
     resp = post(client, buf.getvalue(), eps="2/255, 8/255")
     assert resp.status_code == 202, resp.text
     accepted = resp.json()

@@ -17,8 +17,9 @@ from models.attacks import registry
 from models.attacks._common import L2Ball
 from models.attacks.apgd import apgd_ce, apgd_ce_l2
 from models.attacks.fab import fab_l2, project_l2
+from models.attacks.measure import attack_and_measure, fit_l2_budget
 from models.checkpoint import DEMO_CHECKPOINTS
-from models.images import load_image_file
+from models.images import load_image_file, quantize_8bit
 from tests.models.test_attacks import images, linear_model
 
 
@@ -145,3 +146,24 @@ def test_the_l2_attacks_match_or_beat_torchattacks_on_the_demo_detector(demo_tes
         theirs_rate = float((labels(det, theirs) != y).float().mean())
         assert 0 < theirs_rate < 1, name  # a budget where the comparison means something
         assert ours_rate >= theirs_rate, (name, ours_rate, theirs_rate)
+
+
+def test_an_l2_attacks_delivered_file_stays_within_its_budget() -> None:
+    """Rounding to 8 bits moves each pixel by up to half a level: on its own it carries a point on the L2 sphere
+    outside the ball (here by design), and the delivery shrinks the perturbation until the file fits."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.round(torch.rand(3, 3, 16, 16, generator=gen) * 200 + 20) / 255  # on the 8-bit grid
+    direction = torch.randn(x.shape, generator=gen)
+    eps = 0.3
+    adv = L2Ball(x, eps).project(x + direction)  # on the sphere of radius eps
+    assert bool((l2(quantize_8bit(adv), x) > eps).any())  # rounding alone leaves the ball
+    fitted = fit_l2_budget(x, adv, eps)
+    assert bool((l2(quantize_8bit(fitted), x) <= eps).all())
+    assert bool((l2(fitted, x) >= 0.8 * eps).all())  # shrunk no more than it takes
+
+
+def test_the_service_measure_of_an_l2_attack_reports_a_file_within_eps() -> None:
+    model, x = linear_model(), torch.round(images(4) * 200 + 20) / 255
+    for method in ("apgd_ce_l2", "fab_l2"):
+        reports = attack_and_measure(method, model, x, params={"eps": 0.5, "steps": 10})
+        assert all(r.l2 <= 0.5 + 1e-6 for r in reports), [r.l2 for r in reports]
