@@ -151,18 +151,12 @@ def audit_defense(given: Mapping[str, Any] | None, profile: str) -> dict[str, An
 
 
 def audit_threats(
-    profile: str,
-    *,
-    sources: Sequence[str] = (),
-    defense: bool = False,
-    eps: Sequence[float] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    l2: Sequence[float] | None = None,
+    profile: str, *, sources: Sequence[str] = (), overrides: Mapping[str, Mapping[str, Any]] | None = None, **more: Any
 ) -> list[Threat]:
-    """An audit's threats: ``threats_for``, and an override of a threat the audit does not run is a ValueError naming
-    it (``transfer.steps`` with no transfer source would be dropped while the record listed it), on the command line
-    and in the service alike."""
-    threats = threats_for(profile, sources=sources, defense=defense, eps=eps, overrides=overrides, l2=l2)
+    """An audit's threats: ``threats_for`` (``more``: its ``defense``, ``eps`` and ``l2``), and an override of a threat
+    the audit does not run is a ValueError naming it (``transfer.steps`` with no transfer source would be dropped while
+    the record listed it), on the command line and in the service alike."""
+    threats = threats_for(profile, sources=sources, overrides=overrides, **more)
     unused = sorted(set(overrides or {}) - {t.name for t in threats})
     if unused:
         needs = {"transfer": "a transfer source (transfer_from, --transfer-from)",

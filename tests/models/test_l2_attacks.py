@@ -12,15 +12,14 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, minimize
 from torch import Tensor, nn
 
-from models import checkpoint
 from models.attacks import registry
 from models.attacks._common import L2Ball
 from models.attacks.apgd import apgd_ce, apgd_ce_l2
 from models.attacks.fab import fab_l2, project_l2
 from models.attacks.measure import attack_and_measure, fit_l2_budget
-from models.checkpoint import DEMO_CHECKPOINTS
-from models.images import load_image_file, quantize_8bit
+from models.images import quantize_8bit
 from tests.models.test_attacks import images, linear_model
+from tests.models.test_standard_attacks import demo_fakes_called_fake
 
 
 def labels(model: nn.Module, x: Tensor) -> Tensor:
@@ -119,16 +118,13 @@ def test_apgd_ce_l2_is_not_the_linf_attack() -> None:
     assert bool((l2(ainf, x) > 1.0).all())
 
 
+@pytest.mark.slow
 def test_the_l2_attacks_match_or_beat_torchattacks_on_the_demo_detector(demo_test_split: tuple[Path, object]) -> None:
     """Cross-check against a peer implementation at equal budget (10 steps, one restart, L2 eps 0.2 on the 64 px
     demo fakes the detector calls fake), judged in float as torchattacks returns them. Measured: 13 of 24 fooled by
     each APGD-CE-L2, 12 by each FAB-L2."""
     torchattacks = pytest.importorskip("torchattacks")
-    det = checkpoint.load(DEMO_CHECKPOINTS / "demo-resnet18").detector
-    files = sorted((demo_test_split[0] / "fake").iterdir())[:48]
-    x = torch.stack([load_image_file(f) for f in files])
-    y = labels(det, x)
-    x, y = x[y == 0][:24], y[y == 0][:24]
+    det, x, y = demo_fakes_called_fake(demo_test_split[0])
     eps = 0.2
     pairs = {
         "apgd": (

@@ -173,16 +173,20 @@ def test_square_needs_no_gradients_and_respects_eps() -> None:
     assert window_share(0.8, 0, 1000) == 0.8 and window_share(0.8, 999, 1000) == pytest.approx(0.8 / 512)
 
 
+def demo_fakes_called_fake(split: Path, n: int = 24) -> tuple[nn.Module, Tensor, Tensor]:
+    """The demo ResNet-18 and up to ``n`` of the first 48 demo test fakes it calls fake (the peers' common ground)."""
+    det = checkpoint.load(DEMO_CHECKPOINTS / "demo-resnet18").detector
+    x = torch.stack([load_image_file(f) for f in sorted((split / "fake").iterdir())[:48]])
+    y = labels(det, x)
+    return det, x[y == 0][:n], y[y == 0][:n]
+
+
 @pytest.mark.slow
 def test_apgd_matches_or_beats_torchattacks_on_the_demo_detector(demo_test_split: tuple[Path, object]) -> None:
     """Cross-check against a peer implementation at equal budget (10 steps, one restart, eps 1/255): success on
     demo test fakes the detector calls fake, judged in float as torchattacks returns them."""
     torchattacks = pytest.importorskip("torchattacks")
-    det = checkpoint.load(DEMO_CHECKPOINTS / "demo-resnet18").detector
-    files = sorted((demo_test_split[0] / "fake").iterdir())[:48]
-    x = torch.stack([load_image_file(f) for f in files])
-    y = labels(det, x)
-    x, y = x[y == 0][:24], y[y == 0][:24]
+    det, x, y = demo_fakes_called_fake(demo_test_split[0])
     eps = 1 / 255
     ours = apgd_ce(det, x, y, eps=eps, steps=10, generator=torch.Generator().manual_seed(0))
     theirs = torchattacks.APGD(det, norm="Linf", eps=eps, steps=10, n_restarts=1, loss="ce", seed=0)(x, y)
