@@ -645,7 +645,27 @@ function fillAuditModels() {
   const chosen = select.value;
   select.replaceChildren(...state.models.map((m) => el("option", { value: m.name, text: m.name })));
   if (state.models.some((m) => m.name === chosen)) select.value = chosen;
+  const defense = $("audit-defense");
+  const kept = defense.value;
+  const names = ["none", ...state.methods.purifiers.map((p) => p.name)];
+  defense.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+  defense.value = names.includes(kept) ? kept : "none";
+  fillAuditSources();
   syncAudit();
+}
+
+// Transfer sources: every other detector the service serves, one checkbox each.
+function fillAuditSources() {
+  const box = $("audit-transfer");
+  const ticked = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
+  const others = state.models.filter((m) => m.name !== $("audit-model").value);
+  box.replaceChildren(el("legend", { text: "Transfer from (black-box)" }));
+  if (!others.length) box.append(el("span", { class: "hint", text: "no other detector is served" }));
+  for (const m of others) {
+    const input = el("input", { type: "checkbox", value: m.name, "data-source": m.name });
+    input.checked = ticked.has(m.name);
+    box.append(el("label", { class: "check" }, input, ` ${m.name}`));
+  }
 }
 
 function describeAudit(info) {
@@ -689,6 +709,11 @@ async function runAudit(event) {
   form.append("profile", $("audit-profile").value);
   const eps = $("audit-eps").value.trim();
   if (eps) form.append("eps", eps);
+  const l2 = $("audit-l2").value.trim();
+  if (l2) form.append("l2_rms", l2);
+  for (const input of $("audit-transfer").querySelectorAll("input:checked")) form.append("transfer_from", input.value);
+  if ($("audit-defense").value !== "none") form.append("defense", $("audit-defense").value);
+  for (const item of $("audit-set").value.split(/\s+/).filter(Boolean)) form.append("set", item);
   audit.busy = true;
   syncAudit();
   $("audit-reports").hidden = true;
@@ -759,6 +784,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("purify-stop").addEventListener("click", () => stopJob("purify").catch(showError));
   $("audit-form").addEventListener("submit", (e) => runAudit(e).catch(showError));
   $("audit-file").addEventListener("change", syncAudit);
+  $("audit-model").addEventListener("change", fillAuditSources);
   $("audit-stop").addEventListener("click", () => stopAudit().catch(showError));
   syncButtons();
   start().catch(showError);

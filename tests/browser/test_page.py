@@ -557,6 +557,31 @@ def test_a_zip_without_fake_or_real_shows_the_services_message(browser: Any, aud
     context.close()
 
 
+def test_the_audit_panels_more_threats_reach_the_service(browser: Any, audit_service: str) -> None:
+    """L2 budgets, a defence and overrides from the panel's folded options are the audit's threats (its progress
+    lists them); with one detector served, no transfer source is offered."""
+    context, page = open_keyed(browser, audit_service)
+    page.click("#audit-more summary")
+    assert "no other detector is served" in page.inner_text("#audit-transfer")
+    assert options(page, "#audit-defense")[:2] == ["none", "dip"]
+    page.set_input_files("#audit-file", {"name": "data.zip", "mimeType": "application/zip", "buffer": audit_zip()})
+    page.select_option("#audit-profile", "standard")  # minutes on the one worker: still running when stopped
+    page.fill("#audit-l2", "2/255")
+    page.select_option("#audit-defense", "jpeg")
+    page.fill("#audit-set", "eot_pgd.steps=2  through_defense.steps=2")
+    page.click("#audit-btn")
+    page.wait_for_selector("#audit-threats li")
+    threats = page.locator("#audit-threats li")
+    names = {threats.nth(i).get_attribute("data-threat") for i in range(threats.count())}
+    assert {"l2_suite(budget=standard, rms=2/255)", "through_defense(eps=4/255, steps=2)",
+            "eot_pgd(eot=16, eps=4/255, steps=2)"} <= names, names  # fmt: skip
+    assert not any(str(n).startswith("l2_suite(budget=standard, rms=1/255)") for n in names)  # the given curve only
+    page.click("#audit-stop")
+    page.wait_for_selector("#audit-progress[data-status='stopped']")
+    assert page.is_hidden("#error"), page.inner_text("#error")
+    context.close()
+
+
 def test_a_running_audit_stops(browser: Any, audit_service: str) -> None:
     """The standard profile (its larger budgets, five eps) runs for minutes on the one worker: Stop DELETEs it."""
     context, page = open_keyed(browser, audit_service)
