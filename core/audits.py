@@ -169,6 +169,23 @@ def release_slot(conn: Redis, owner: str, audit_id: str) -> None:
     conn.delete(slot_key(audit_id))
 
 
+#: The ``kind`` in the meta of an audit's RQ jobs.
+JOB_KINDS = ("audit-shard", "audit-assembly")
+
+
+def failed_for_good(conn: Redis, meta: dict[str, Any]) -> bool:
+    """Called by the worker when a job failed with no retry left: for an audit's job, no report can come, so its key's
+    slot is given back and no more of its shards are queued now, not when someone next polls it (which may be never).
+    True when ``meta`` was an audit job's."""
+    if meta.get("kind") not in JOB_KINDS or not meta.get("audit") or not meta.get("owner"):
+        return False
+    with conn.pipeline(transaction=True) as pipe:
+        release_slot(pipe, str(meta["owner"]), str(meta["audit"]))
+        pipe.delete(pending_key(str(meta["audit"])))
+        pipe.execute()
+    return True
+
+
 def job_options(settings: Settings) -> dict[str, Any]:
     """RQ options of every audit job: the service's timeout, retries and TTLs (docs/OPERATIONS.md)."""
     return {
@@ -185,7 +202,7 @@ def queue_shard(conn: Redis, settings: Settings, spec: AuditSpec, index: int) ->
         SHARD_FUNC,
         kwargs={"audit_id": spec.id, "shard": key},
         job_id=job_id,
-        meta={"kind": "audit-shard", "owner": spec.owner, "audit": spec.id, "attempts": 0, "params": {"shard": key}},
+        meta={"kind": JOB_KINDS[0], "owner": spec.owner, "audit": spec.id, "attempts": 0, "params": {"shard": key}},
         description=f"audit shard {key}",
         **job_options(settings),
     )
@@ -227,7 +244,7 @@ def ensure_assembly(conn: Redis, settings: Settings, spec: AuditSpec) -> Job | N
         ASSEMBLE_FUNC,
         kwargs={"audit_id": spec.id},
         job_id=job_id,
-        meta={"kind": "audit-assembly", "owner": spec.owner, "audit": spec.id, "attempts": 0},
+        meta={"kind": JOB_KINDS[1], "owner": spec.owner, "audit": spec.id, "attempts": 0},
         description=f"audit {spec.id} assembly",
         **job_options(settings),
     )

@@ -34,6 +34,7 @@ from rq.job import Job, JobStatus
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
+from core import audits
 from core.settings import Settings, get_settings
 from models.zoo import Zoo, resolve_device
 from workers import context, dip_batches, leases, metrics
@@ -267,6 +268,11 @@ class GuardWorker(SimpleWorker):
         status = job.get_status(refresh=False)
         if status in (JobStatus.FAILED, JobStatus.STOPPED):
             metrics.record(self.connection, job, str(status.value))
+        if status == JobStatus.FAILED:
+            try:
+                audits.failed_for_good(self.connection, job.meta)
+            except RedisError as exc:  # GET /audits/{id} releases it when it finds the audit failed
+                log.warning("audit of job %s: its slot not released (%s)", job.id, exc)
         # else RQ re-queued it: counted as "retried" when the next attempt begins
 
     #: The fast-lane worker running in a thread of this process, if any (``build_worker``).

@@ -216,7 +216,8 @@ def test_an_audit_holds_one_of_its_keys_job_slots_until_it_ends(
     third = start_audit(base, body, A)  # the expired audit no longer counts
     assert audits.slot_member(second) not in slots_of(conn, KEY_A)
 
-    # A worker without the audited detector: its shards fail, and the audit is failed when next polled.
+    # A worker without the audited detector: its shards fail; the worker gives the slot back at once (nobody need
+    # poll), and the audit is failed when next polled.
     other = tmp_path / "other"
     other.mkdir()
     make_tiny_checkpoint(other, "tiny-resnet", arch="resnet18", seed=1)
@@ -229,7 +230,8 @@ def test_an_audit_holds_one_of_its_keys_job_slots_until_it_ends(
                    for j in Job.fetch_many([s for s, _, _ in spec.shards], connection=conn))  # fmt: skip
 
     wait_for(a_shard_failed, AUDIT_DEADLINE_S, "a shard of the audit to fail")
-    assert audits.slot_member(third) in slots_of(conn, KEY_A)
+    wait_for(lambda: audits.slot_member(third) not in slots_of(conn, KEY_A), 60, "the failed audit's slot to be free")
+    assert not conn.exists(audits.pending_key(third))  # no more of its shards are queued
     info = httpx.get(f"{base}/audits/{third}", headers=A, timeout=30).json()
     assert info["status"] == "failed" and "unknown model 'tiny-vgg'" in info["error"]
     assert audits.slot_member(third) not in slots_of(conn, KEY_A)
