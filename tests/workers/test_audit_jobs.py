@@ -9,6 +9,7 @@ import io
 import json
 import math
 import signal
+import subprocess
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from redis import Redis
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.worker import Worker
 
 from app.auth import hash_key
@@ -104,13 +105,28 @@ def audit_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def busy_worker(conn: Redis, names: set[str]) -> str | None:
-    """The name of one of ``names`` (or its fast-lane thread) running an attack shard now."""
+def busy_worker(conn: Redis, names: set[str]) -> tuple[str, str] | None:
+    """One of ``names`` (or its fast-lane thread) running an attack shard now, and that shard's job id."""
     for w in Worker.all(connection=conn):
         job_id = w.get_current_job_id()
         base = w.name.removesuffix("-fast")
         if base in names and job_id and "linf_suite" in str(Job.fetch(job_id, connection=conn).kwargs.get("shard")):
-            return base
+            return base, job_id
+    return None
+
+
+def frozen_mid_shard(conn: Redis, procs: dict[str, subprocess.Popen[bytes]]) -> str | None:
+    """A worker stopped (SIGSTOP) while its attack shard is still running: the name, else None (the shard it was
+    seen running ended before the stop: it goes on). A SIGKILL then surely lands mid-shard, however fast shards are
+    on this machine, and the shard must run again."""
+    found = busy_worker(conn, set(procs))
+    if found is None:
+        return None
+    name, job_id = found
+    procs[name].send_signal(signal.SIGSTOP)
+    if Job.fetch(job_id, connection=conn).get_status() == JobStatus.STARTED:
+        return name
+    procs[name].send_signal(signal.SIGCONT)
     return None
 
 
@@ -149,7 +165,7 @@ def test_the_record_is_the_same_with_one_worker_three_and_a_killed_one(
     assert len({n.removesuffix("-fast") for n in ran_on if n}) >= 2, ran_on  # the workers did share it
 
     killed = start_audit(base, body)
-    victim = wait_for(lambda: busy_worker(conn, set(procs)), AUDIT_DEADLINE_S, "a worker running an attack shard", 0.05)
+    victim = wait_for(lambda: frozen_mid_shard(conn, procs), AUDIT_DEADLINE_S, "a worker running an attack shard", 0.05)
     procs[victim].send_signal(signal.SIGKILL)
     procs[victim].wait(10)
     wait_finished(base, killed)
