@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from deepfake_guard.cli import main
-from deepfake_guard.commands.robustness import SCHEMA, parse_eps
+from deepfake_guard.commands.argtypes import parse_eps
+from deepfake_guard.commands.robustness import SCHEMA
 from models.evaluation.robustness import SUITE, SUITE_L2
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepfake_guard.commands.argtypes import float_text, parse_eps, parse_threshold, positive_int
+from deepfake_guard.commands.argtypes import float_text, parse_threshold, positive_int
 from deepfake_guard.commands.methods import add_defense_arguments, given_defense
 
 #: Where the record's JSON schema lives (tests validate every output against it).
@@ -74,15 +74,15 @@ def run(args: argparse.Namespace) -> int:
 
     suite = SUITES[args.norm]
     try:
-        if args.norm == "linf":
-            parse_eps(str(args.eps))
-        elif not 0 < args.eps < float("inf"):
+        if args.norm == "linf" and not 0 < args.eps <= 1:
+            raise ValueError(f"eps must be in (0, 1] pixel units for --norm linf, got {args.eps!r}")
+        if args.norm == "l2" and not 0 < args.eps < float("inf"):
             raise ValueError(f"eps must be a positive L2 norm, got {args.eps!r}")
         defense = resolve_defense(given_defense(args))
         device = resolve_device(args.device)
         loaded = checkpoint.load(args.checkpoint, map_location=device)
         items = list_images(args.data)
-    except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
     chosen = [items[i] for i in _pick([y for _, y in items], args.n_images)]

@@ -116,9 +116,14 @@ class LinfBall:
         noise = torch.rand(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
         return self.project(self.x + (2 * noise - 1) * self.eps)
 
+    @staticmethod
+    def size(d: Tensor) -> Tensor:
+        """``||d||_inf`` per image."""
+        return d.flatten(1).abs().amax(dim=1)
+
     def distance(self, z: Tensor) -> Tensor:
         """``||z - x||_inf`` per image."""
-        return (z - self.x).flatten(1).abs().amax(dim=1)
+        return self.size(z - self.x)
 
     def step(self, grad: Tensor) -> Tensor:
         """The steepest-ascent direction of unit L-inf norm: the gradient's sign."""
@@ -139,9 +144,14 @@ class L2Ball:
     def __init__(self, x: Tensor, eps: float) -> None:
         self.x, self.eps = x, eps
 
+    @staticmethod
+    def size(d: Tensor) -> Tensor:
+        """``||d||_2`` per image."""
+        return d.flatten(1).norm(dim=1)
+
     def distance(self, z: Tensor) -> Tensor:
         """``||z - x||_2`` per image."""
-        return (z - self.x).flatten(1).norm(dim=1)
+        return self.size(z - self.x)
 
     def project(self, z: Tensor) -> Tensor:
         delta = z - self.x
@@ -150,8 +160,7 @@ class L2Ball:
 
     def step(self, grad: Tensor) -> Tensor:
         """The steepest-ascent direction of unit L2 norm: the gradient divided by its norm (zero where it is zero)."""
-        norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12)
-        return grad / norm.view(-1, *[1] * (grad.dim() - 1))
+        return grad / self.size(grad).clamp(min=1e-12).view(-1, *[1] * (grad.dim() - 1))
 
     def uniform(self, generator: torch.Generator | None = None) -> Tensor:
         """A point on the sphere of radius ``eps`` in a direction drawn uniformly (a normalised Gaussian), clipped to

@@ -212,7 +212,7 @@ def _fab(
                 d_cur = project(cur, w, -g)
                 c_orig = -(g + (w * (x - cur)).flatten(1).sum(dim=1))
                 d_orig = project(x, w, c_orig)
-                n_cur, n_orig = ball.distance(x + d_cur), ball.distance(x + d_orig)
+                n_cur, n_orig = ball.size(d_cur), ball.size(d_orig)
                 alpha = torch.clamp(n_cur / (n_cur + n_orig).clamp(min=1e-12), max=p["alpha_max"]).view(view)
                 cur = ((1 - alpha) * (cur + p["eta"] * d_cur) + alpha * (x + p["eta"] * d_orig)).clamp(0, 1)
                 fooled = _margin(model, cur, y) < 0

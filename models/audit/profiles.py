@@ -62,6 +62,14 @@ class Threat:
 
 PROFILES = ("quick", "standard")
 
+#: Threat parameters set by the audit's own options (the curves' budgets, the transfer sources), never by an override:
+#: refused rather than silently replaced, by ``parse_overrides`` and ``threats_for`` alike.
+OWN_OPTIONS = {
+    ("linf_suite", "eps"): "the white-box curve's budgets are the audit's eps (--eps)",
+    ("l2_suite", "rms"): "the white-box L2 curve's budgets are the audit's l2_rms (--l2-rms)",
+    ("transfer", "source"): "the transfer sources are the audit's transfer_from (--transfer-from)",
+}
+
 
 def threats_for(
     profile: str,
@@ -79,12 +87,11 @@ def threats_for(
         raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
     quick = profile == "quick"
     over = {k: dict(v) for k, v in (overrides or {}).items()}
-    curves = {"linf_suite": ("eps", "--eps"), "l2_suite": ("rms", "--l2-rms")}
     for name, given in over.items():
         get(name)  # a typo names the choices
-        key, flag = curves.get(name, ("", ""))
-        if key in given:
-            raise ValueError(f"{name}.{key} is the curve's budgets: give them with {flag} (several values), not --set")
+        for param in given:
+            if (name, param) in OWN_OPTIONS:
+                raise ValueError(f"{name}.{param}: {OWN_OPTIONS[name, param]}, not an override")
     budget = "quick" if quick else "standard"
     curve = tuple(eps) if eps else (QUICK_EPS if quick else STANDARD_EPS)
     rows: list[tuple[str, dict[str, Any]]] = [("clean", {}), ("sanity", {})]
@@ -112,20 +119,14 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     is a ValueError naming it; ``threats_for`` checks the threats, parameters and values."""
     import json
 
-    # Set by the audit's own options, which threats_for applies after the overrides: refused rather than dropped.
-    own_option = {
-        ("linf_suite", "eps"): "the white-box curve's budgets are the audit's eps (--eps)",
-        ("l2_suite", "rms"): "the white-box L2 curve's budgets are the audit's l2_rms (--l2-rms)",
-        ("transfer", "source"): "the transfer sources are the audit's transfer_from (--transfer-from)",
-    }
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, value = item.partition("=")
         threat, dot, param = key.partition(".")
         if not (eq and dot and threat and param):
             raise ValueError(f"set {item!r}: expected THREAT.PARAM=VALUE, e.g. eot_pgd.steps=50")
-        if (threat, param) in own_option:
-            raise ValueError(f"set {item!r}: {own_option[threat, param]}")
+        if (threat, param) in OWN_OPTIONS:
+            raise ValueError(f"set {item!r}: {OWN_OPTIONS[threat, param]}")
         parsed: Any
         try:
             parsed = json.loads(value)

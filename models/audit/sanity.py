@@ -33,11 +33,7 @@ def flags(
     out: list[dict[str, Any]] = []
     sanity = next((per_threat[t.id] for t in threats if t.name == "sanity"), None)
     if sanity is not None:
-        gaps = [d["forward_gap"] for d in sanity["details"]]
-        random = sum(g > FORWARD_GAP for g in gaps)
-        if random:
-            why = f"two forward passes disagree on {random} image(s) (largest gap {max(gaps):.3g})"
-            out.append(_flag("randomness", random, why))
+        out += _randomness_flags([d["forward_gap"] for d in sanity["details"]])
         bad = sum(1 for d in sanity["details"] if d["grad_norm"] is None or d["grad_norm"] == 0)
         if bad:
             out.append(_flag("bad_gradients", bad, f"the input gradient is zero or not finite on {bad} image(s)"))
@@ -65,17 +61,22 @@ def suite_flags(
     """The flags a suite's run alone can raise (``deepfake-guard robustness``): randomness (``forward_gaps``, each
     image's p_fake gap between two forward passes), Square fooling images the gradient attacks could not (in the
     cascade Square only runs on those), and a randomised or iterative defence in the loop."""
-    out: list[dict[str, Any]] = []
-    random = sum(g > FORWARD_GAP for g in forward_gaps)
-    if random:
-        why = f"two forward passes disagree on {random} image(s) (largest gap {max(forward_gaps):.3g})"
-        out.append(_flag("randomness", random, why))
+    out = _randomness_flags(forward_gaps)
     square = sum(1 for a in attacks if a.get(SQUARE.name))
     if square:
         why = f"Square fooled {square} image(s) that the gradient attacks did not"
         out.append(_flag("black_box_beats_white_box", square, why))
     out += _defense_flags(defense)
     return out
+
+
+def _randomness_flags(gaps: Sequence[float]) -> list[dict[str, Any]]:
+    """The ``randomness`` flag, when two forward passes disagree on some image (``gaps``: per image)."""
+    random = sum(g > FORWARD_GAP for g in gaps)
+    if not random:
+        return []
+    why = f"two forward passes disagree on {random} image(s) (largest gap {max(gaps):.3g})"
+    return [_flag("randomness", random, why)]
 
 
 def _defense_flags(defense: Defense | None) -> list[dict[str, Any]]:

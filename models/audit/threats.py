@@ -238,7 +238,7 @@ def _suite_judged(target: AuditTarget, shard: Shard, suite: Sequence[AttackSpec]
     x, y = shard.fitted.to(device), shard.labels.to(device)
     result = run_suite(target.detector.prefitted(), x, y, eps=eps, budget=BUDGETS[budget], seed=shard.seed,
                        threshold=target.threshold, suite=suite)  # fmt: skip
-    norm = "l2" if suite == SUITE_L2 else "linf"
+    norm = suite[0].norm  # a suite's attacks share their norm
     details: list[dict[str, Any]] = [
         {"fooled_by": by, norm: dist} for by, dist in zip(result.fooled_by, result.distance, strict=True)
     ]

@@ -135,7 +135,7 @@ def run_suite(
             if r.success:
                 robust[i] = False
                 after[i], fooled_by[i], delivered[i] = adverse(runs), spec.name, r.adv
-                distance[i] = r.l2 if spec in SUITE_L2 else r.linf
+                distance[i] = r.l2 if spec.norm == "l2" else r.linf
             else:
                 after[i] = adverse([after[i], *runs])
     return SuiteResult(
